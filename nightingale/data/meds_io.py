@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from typing_extensions import Self
 
 from nightingale import schema as S
 from nightingale.atomic import atomic_dir
@@ -122,7 +123,7 @@ class MEDSWriter:
         self._shards: list[str] = []
         self._wrote_json = False
 
-    def __enter__(self) -> MEDSWriter:
+    def __enter__(self) -> Self:
         self._tmp = self._stack.enter_context(atomic_dir(self.root, overwrite=self.overwrite))
         (self._tmp / S.DATA_DIR).mkdir()
         (self._tmp / S.METADATA_DIR).mkdir()

@@ -1,0 +1,116 @@
+"""The ground-truth oracle reproduces the recorded histories and is calibrated against them.
+
+The simulated record after a prediction time is one independent draw of the same process the
+oracle re-simulates, so among requests with oracle risk in a band, the observed outcome rate must
+match the band's mean oracle risk within binomial error. Bands are chosen with one oracle run and
+the expected rate comes from a second run with another seed, so Monte-Carlo noise used to pick a
+band does not bias the comparison.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from nightingale import schema as S
+from nightingale.data.meds_io import MEDSDataset
+from nightingale.data.simulator import SimulatorConfig, simulate
+from nightingale.data.simulator.oracle import (
+    OUTCOMES,
+    load_config,
+    observed_labels,
+    oracle_risk,
+    step_start_time,
+)
+
+SUBJECTS = 4000
+STEPS = (48, 108, 168)  # 2009, 2014, 2019 (step starts: the oracle is exact there)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    out = tmp_path_factory.mktemp("oracle") / "ds"
+    simulate(SimulatorConfig(subjects=SUBJECTS, shard_size=2000, seed=21), out, workers=1)
+    events = MEDSDataset(out).scan().collect()
+    cfg = load_config(out)
+    ids = np.repeat(np.arange(1, SUBJECTS + 1), len(STEPS))
+    times = step_start_time(cfg, np.tile(np.array(STEPS), SUBJECTS))
+    births = dict(events.filter(pl.col(S.CODE) == S.BIRTH_CODE).select(S.SUBJECT_ID, S.TIME).iter_rows())
+    age = (times - np.array([births[i] for i in ids], dtype="datetime64[us]")) / np.timedelta64(365, "D")
+    return out, events, ids, times, age
+
+
+def _check_calibration(risk_a, risk_b, observed, n_bands=3, spread=5.0):
+    """Overall and per-band observed vs expected, with binomial tolerance (z < 3.5)."""
+    ok = ~np.isnan(risk_a)
+    a, b, y = risk_a[ok], risk_b[ok], observed[ok]
+    var = (b * (1 - b)).sum()
+    z = (y.sum() - b.sum()) / np.sqrt(var)
+    assert abs(z) < 3.5, f"overall observed {y.sum()} vs expected {b.sum():.1f} (z={z:.2f})"
+    band = np.empty(a.size, int)  # equal-count bands by rank of the first run's risk
+    band[np.argsort(a, kind="stable")] = np.arange(a.size) * n_bands // a.size
+    rates = []
+    for k in range(n_bands):
+        m = band == k
+        exp, obs = b[m].sum(), y[m].sum()
+        sd = np.sqrt((b[m] * (1 - b[m])).sum() + 1e-9)
+        assert abs(obs - exp) < 3.5 * sd + 2, f"band {k}: observed {obs} vs expected {exp:.1f} (n={m.sum()})"
+        rates.append((obs / m.sum(), exp / m.sum()))
+    # The oracle discriminates: high-risk band has far higher risk and far more outcomes.
+    assert rates[-1][1] > spread * rates[0][1] and rates[-1][0] > 0.6 * spread * rates[0][0], rates
+    return rates
+
+
+def test_death_within_a_year_is_calibrated(cohort):
+    out, events, ids, times, age = cohort
+    sel = age >= 55  # where nearly all deaths are; keeps the test fast
+    ids, times = ids[sel], times[sel]
+    r1 = oracle_risk(out, ids, times, "death", n_samples=60, seed=1)
+    r2 = oracle_risk(out, ids, times, "death", n_samples=60, seed=2)
+    y = observed_labels(events, ids, times, "death")
+    _check_calibration(r1, r2, y)
+
+
+def test_emergency_admission_within_90_days_is_calibrated(cohort):
+    out, events, ids, times, age = cohort
+    sel = age >= 40
+    ids, times = ids[sel], times[sel]
+    r1 = oracle_risk(out, ids, times, "emergency_admission", n_samples=60, seed=1)
+    r2 = oracle_risk(out, ids, times, "emergency_admission", n_samples=60, seed=2)
+    y = observed_labels(events, ids, times, "emergency_admission")
+    _check_calibration(r1, r2, y, spread=2.0)
+
+
+def test_oracle_respects_the_recorded_history(cohort):
+    out, events, ids, times, age = cohort
+    sel = (age >= 45) & (ids <= 1500)
+    ids, times = ids[sel], times[sel]
+    risk = oracle_risk(out, ids, times, "diabetes_diagnosis", horizon_days=365, n_samples=20, seed=3)
+    first_dm = dict(events.filter(pl.col(S.CODE) == "ICD10//E11.9").group_by(S.SUBJECT_ID).agg(
+        pl.col(S.TIME).min()).iter_rows())
+    death = dict(events.filter(pl.col(S.CODE) == S.DEATH_CODE).select(S.SUBJECT_ID, S.TIME).iter_rows())
+    diagnosed = np.array([i in first_dm and first_dm[i] <= t for i, t in zip(ids, times.tolist())])
+    dead = np.array([i in death and death[i] <= t for i, t in zip(ids, times.tolist())])
+    assert dead.any() and diagnosed.any()
+    assert np.isnan(risk[dead]).all(), "risk given for a subject already dead"
+    assert (risk[diagnosed & ~dead] == 0).all(), "new-diagnosis risk for someone already diagnosed"
+    live = ~dead & ~diagnosed & ~np.isnan(risk)
+    assert risk[live].max() > 0
+    # Deterministic for a seed (and the same requests).
+    first = oracle_risk(out, ids[:40], times[:40], "diabetes_diagnosis", horizon_days=365, n_samples=20, seed=3)
+    again = oracle_risk(out, ids[:40], times[:40], "diabetes_diagnosis", horizon_days=365, n_samples=20, seed=3)
+    np.testing.assert_array_equal(again, first)
+
+
+def test_outcomes_and_bad_requests(cohort):
+    out, *_ = cohort
+    assert OUTCOMES["death"].default_horizon_days == 365
+    assert OUTCOMES["emergency_admission"].default_horizon_days == 90
+    assert OUTCOMES["diabetes_diagnosis"].default_horizon_days == 730 and OUTCOMES["diabetes_diagnosis"].new_only
+    before = oracle_risk(out, [1], np.array(["1990-01-01"], dtype="datetime64[us]"), "death", n_samples=5)
+    assert np.isnan(before).all()
+    with pytest.raises(ValueError, match="outcome"):
+        oracle_risk(out, [1], np.array(["2010-01-01"], dtype="datetime64[us]"), "flu")
+    with pytest.raises(ValueError, match="subject_ids"):
+        oracle_risk(out, [SUBJECTS + 1], np.array(["2010-01-01"], dtype="datetime64[us]"), "death")
