@@ -50,15 +50,13 @@ def test_writer_roundtrip(tmp_path):
 
 def test_writer_leaves_nothing_on_error(tmp_path):
     out = tmp_path / "meds"
-    with pytest.raises(ValueError, match="unknown split"):
-        with MEDSWriter(out) as w:
-            w.write_shard("train/0", _events())
-            w.write_splits(pl.DataFrame({S.SUBJECT_ID: [1], S.SPLIT: ["test"]}))
+    with pytest.raises(ValueError, match="unknown split"), MEDSWriter(out) as w:
+        w.write_shard("train/0", _events())
+        w.write_splits(pl.DataFrame({S.SUBJECT_ID: [1], S.SPLIT: ["test"]}))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_writer_refuses_empty_dataset(tmp_path):
-    with pytest.raises(ValueError, match="no shards"):
-        with MEDSWriter(tmp_path / "meds"):
-            pass
+    with pytest.raises(ValueError, match="no shards"), MEDSWriter(tmp_path / "meds"):
+        pass
     assert list(tmp_path.iterdir()) == []

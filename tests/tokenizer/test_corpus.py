@@ -1,0 +1,76 @@
+"""Corpus windows (static + age prefix), resumable sampling, and time -> token position."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nightingale import schema as S
+from nightingale.tokenizer import families as F
+from nightingale.tokenizer.corpus import CorpusWriter, TokenCorpus, WindowSampler, merge_split
+from nightingale.tokenizer.encode import encode_events
+
+from .conftest import make_events
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_vocab, tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    parts = []
+    for k, seed in enumerate((5, 6)):  # two shards, merged
+        enc = encode_events(tiny_vocab, make_events(4, seed=seed, start_id=10 * (k + 1)))
+        w = CorpusWriter(root / f"part{k}", tiny_vocab.token_dtype)
+        w.append(enc)
+        w.close()
+        parts.append(root / f"part{k}")
+    merge_split(parts, root / "train")
+    return TokenCorpus(root / "train")
+
+
+def test_merge_keeps_every_subject(corpus, tiny_vocab):
+    assert corpus.subject_ids.tolist() == [10, 11, 12, 13, 20, 21, 22, 23]
+    toks, times = corpus.subject_tokens(20)
+    assert toks[0] == F.SOT_ID and toks[-1] == F.EOR_ID and np.all(np.diff(times) >= 0)
+    assert corpus.static_tokens(21).tolist() == [tiny_vocab.code_to_id["SEX//M"], tiny_vocab.code_to_id["ETHNICITY//White"]]
+
+
+def test_window_prefix_and_padding(corpus, tiny_vocab):
+    v = tiny_vocab
+    sampler = WindowSampler(corpus, v, context_length=16, seed=3)
+    seen = 0
+    for _ in range(len(sampler)):
+        w = sampler.next()
+        ids, row = w["input_ids"], corpus.row(w[S.SUBJECT_ID])
+        st = corpus.static_tokens(w[S.SUBJECT_ID])
+        assert ids[: len(st)].tolist() == st.tolist()
+        t = int(corpus.times[corpus.offsets[row] + w["start"]])
+        assert ids[len(st)] == v.age_token(int(corpus.birth[row]), t)
+        seen += w["n_tokens"] - len(st) - 1
+    assert seen == corpus.lengths.sum()  # an epoch covers every body token exactly once
+
+
+def test_sampler_resumes_exactly(corpus, tiny_vocab):
+    a = WindowSampler(corpus, tiny_vocab, context_length=16, seed=7)
+    first = [a.next()["input_ids"] for _ in range(len(a) + 5)]  # crosses an epoch boundary
+    b = WindowSampler(corpus, tiny_vocab, context_length=16, seed=7)
+    for _ in range(len(b) - 3):
+        b.next()
+    state = b.state_dict()
+    c = WindowSampler(corpus, tiny_vocab, context_length=16, seed=7)
+    c.load_state_dict(state)
+    rest = [c.next()["input_ids"] for _ in range(8)]
+    assert all(np.array_equal(x, y) for x, y in zip(first[len(b) - 3 :], rest))
+
+
+def test_context_too_short_is_rejected(corpus, tiny_vocab):
+    with pytest.raises(ValueError, match="context_length"):
+        WindowSampler(corpus, tiny_vocab, context_length=3)
+
+
+def test_token_position(corpus):
+    toks, times = corpus.subject_tokens(11)
+    t = int(times[len(times) // 2])
+    pos = corpus.token_position(11, t)
+    assert times[pos - 1] <= t and (pos == len(times) or times[pos] > t)
+    assert corpus.token_position(11, int(times[0]) - 1) == 0
+    assert corpus.token_position(11, np.datetime64(int(times[-1]), "us")) == len(times)
