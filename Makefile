@@ -30,8 +30,10 @@ install: $(STAMP)
 
 ## The main job, end to end on the built-in simulated cohort.
 demo: install
-	$(NG) simulate --subjects $(DEMO_SUBJECTS) --seed 0 --out $(RUN_DIR)/meds --overwrite
+	rm -rf $(RUN_DIR)
+	$(NG) simulate --subjects $(DEMO_SUBJECTS) --seed 0 --out $(RUN_DIR)/meds
 	$(NG) validate $(RUN_DIR)/meds
+	$(BIN)/python data_prep/prepare.py data=meds data.path=$(RUN_DIR)/meds out_dir=$(RUN_DIR)/prepared workers=2
 
 ## The test suite (real components; tests needing ../shared/data skip where it is absent).
 test: install
@@ -42,6 +44,7 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_simulator.py --subjects 100000
+	$(BIN)/python benchmarks/bench_tokenizer.py
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
