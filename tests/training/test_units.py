@@ -1,0 +1,176 @@
+"""In-process pieces of the trainer: config validation, schedule, batches, baselines, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from nightingale.model import ModelConfig
+from nightingale.tokenizer import families as F
+from nightingale.tokenizer.corpus import WindowSampler
+from nightingale.training.baselines import NgramBaseline
+from nightingale.training.config import TrainConfig
+from nightingale.training.data import StepBatches, load_prepared
+from nightingale.training.engine import deepspeed_config
+from nightingale.training.schedule import lr_factor
+from nightingale.training.trainer import train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cfg_for(data_dir, run_dir, **kw) -> TrainConfig:
+    return TrainConfig(data_dir=data_dir, run_dir=run_dir, model=kw.pop("model", ModelConfig.from_name("tiny")), **kw)
+
+
+# --- configs ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["tiny", "small", "base", "large"])
+@pytest.mark.parametrize("ds", ["zero1", "zero2", "zero3", "zero2_gpu", "zero3_gpu"])
+def test_every_config_group_composes(model, ds, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_entry", REPO / "train" / "train.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        for train_group in ("default", "demo", "smoke"):
+            cfg = compose("train", overrides=[f"model={model}", f"deepspeed={ds}", f"train={train_group}",
+                                               f"data_dir={tmp_path}", f"run_dir={tmp_path}/run", "wandb.mode=disabled"],
+                          return_hydra_config=False)
+            tcfg = entry.train_config(cfg)
+            assert tcfg.model.name == model and tcfg.zero_stage == int(ds[4])
+            dsc = deepspeed_config(tcfg, world_size=2)
+            assert dsc["train_batch_size"] == tcfg.micro_batch_size * tcfg.grad_accum * 2
+            assert dsc["zero_optimization"]["stage"] == tcfg.zero_stage and "optimizer" not in dsc
+
+
+@pytest.mark.parametrize(
+    "field, value", [("max_steps", 0), ("micro_batch_size", -1), ("precision", "fp8"), ("zero_stage", 4),
+                     ("wandb_mode", "loud"), ("warmup_steps", 10**6), ("min_lr", 1.0), ("peak_flops", 0.0)],
+)
+def test_train_config_names_the_bad_field(field, value, tmp_path):
+    with pytest.raises(ValueError, match=field.split("_")[0] if field != "zero_stage" else "zero_stage"):
+        cfg_for(tmp_path, tmp_path, **{field: value})
+
+
+def test_deepspeed_optimizer_entry_refused(tmp_path):
+    with pytest.raises(ValueError, match="deepspeed.optimizer"):
+        deepspeed_config(cfg_for(tmp_path, tmp_path, deepspeed={"optimizer": {"type": "AdamW"}}), 2)
+
+
+# --- schedule and batches ----------------------------------------------------------------------------
+def test_schedule_warms_up_then_decays_to_floor():
+    f = [lr_factor(s, warmup_steps=10, max_steps=100, min_ratio=0.1) for s in range(120)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[10] == 1.0
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[100] == pytest.approx(0.1) and f[119] == f[100]
+
+
+def test_step_batches_split_one_global_draw(sim_prep):
+    data = load_prepared(sim_prep, 64)
+    shards = []
+    for rank in range(2):
+        sampler = WindowSampler(data.train, data.vocab, 64, seed=3)
+        mbs, tokens = StepBatches(sampler, micro=2, grad_accum=3, rank=rank, world=2).next()
+        assert len(mbs) == 3 and mbs[0].shape == (2, 64)
+        shards.append(np.concatenate(mbs))
+    sampler = WindowSampler(data.train, data.vocab, 64, seed=3)
+    every = np.stack([sampler.next()["input_ids"] for _ in range(12)])
+    assert tokens == int((every != F.PAD_ID).sum())
+    got = np.concatenate(shards)
+    assert sorted(map(bytes, got)) == sorted(map(bytes, every))  # each window once, across ranks
+
+
+# --- baselines -------------------------------------------------------------------------------------
+def test_bigram_beats_unigram_on_structured_sequences():
+    rng = np.random.default_rng(0)
+    seqs = []
+    for _ in range(50):  # token t is followed by t + 1 (mod 10) 90% of the time
+        s = [int(rng.integers(4, 14))]
+        for _ in range(30):
+            s.append(4 + (s[-1] - 4 + 1) % 10 if rng.random() < 0.9 else int(rng.integers(4, 14)))
+        seqs.append(s + [F.PAD_ID] * 3)
+    w = np.array(seqs)
+    base = NgramBaseline.fit(w[:40], vocab_size=14)
+    lam = base.tune(w[40:45])
+    assert 0.5 <= lam < 1
+    uni, bi = base.unigram_loss(w[45:]), base.bigram_loss(w[45:])
+    assert bi < uni and abs(uni - math.log(10)) < 0.1  # ~uniform over 10 tokens
+    assert math.isfinite(base.bigram_loss(np.array([[4, 13, 13, 0]])))  # unseen pairs: finite
+
+
+# --- bad input: clear errors before any process group starts ------------------------------------------
+def test_vocab_size_in_config_must_match_corpus(sim_prep, tmp_path):
+    cfg = cfg_for(sim_prep, tmp_path / "run", model=ModelConfig.from_name("tiny", vocab_size=999))
+    with pytest.raises(ValueError, match="model.vocab_size: config says 999 but the vocabulary/corpus has"):
+        train(cfg)
+
+
+def test_corpus_encoded_with_another_vocabulary(sim_prep, tmp_path):
+    data = tmp_path / "prep"
+    shutil.copytree(sim_prep, data)
+    spec = json.loads((data / "vocab" / "vocabulary.json").read_text())
+    drop = max(i for i, k in enumerate(spec["kinds"]) if spec["codes"][i] not in spec["static_codes"])
+    for key in ("tokens", "kinds", "codes"):
+        spec[key] = spec[key][:drop]  # the corpus still holds ids >= drop
+    spec["value_edges"] = {c: e for c, e in spec["value_edges"].items() if c in spec["codes"]}
+    (data / "vocab" / "vocabulary.json").write_text(json.dumps(spec))
+    (data / "vocab" / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match="vocabulary mismatch: corpus split 'train'"):
+        train(cfg_for(data, tmp_path / "run"))
+
+
+def test_tokenizer_json_of_another_size(sim_prep, tmp_path):
+    data = tmp_path / "prep"
+    shutil.copytree(sim_prep, data)
+    tok = json.loads((data / "vocab" / "tokenizer.json").read_text())
+    tok["model"]["vocab"]["EXTRA"] = len(tok["model"]["vocab"])
+    (data / "vocab" / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ValueError, match="vocabulary mismatch: .*tokenizer.json has"):
+        train(cfg_for(data, tmp_path / "run"))
+
+
+def test_corpus_shorter_than_one_window(sim_prep, tmp_path):
+    n = load_prepared(sim_prep, 16).train
+    too_long = int(n.lengths.sum() + n.static_lengths.sum()) + 1
+    cfg = cfg_for(sim_prep, tmp_path / "run", model=ModelConfig.from_name("tiny", context_length=too_long))
+    with pytest.raises(ValueError, match="corpus too short: the train split .* fewer than one window"):
+        train(cfg)
+
+
+def test_unwritable_run_dir(sim_prep, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="train.run_dir: .* is not writable"):
+        train(cfg_for(sim_prep, blocker / "run"))
+
+
+def test_data_dir_without_corpus(tmp_path):
+    with pytest.raises(ValueError, match="train.data_dir: .* point it at the out_dir of data_prep"):
+        train(cfg_for(tmp_path, tmp_path / "run"))
+
+
+# --- launch environment ------------------------------------------------------------------------------
+def test_dist_env_from_torchrun_or_slurm(monkeypatch):
+    from nightingale.training.distributed import dist_env
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
+        monkeypatch.delenv(var, raising=False)
+    assert (dist_env().rank, dist_env().world_size) == (0, 1)  # plain python: a world of one
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("MASTER_ADDR", "node17")
+    env = dist_env()
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr) == (3, 8, 1, "node17")
+    monkeypatch.setenv("RANK", "5")  # torchrun's (or the batch script's) variables win
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert dist_env().rank == 5
+    monkeypatch.setenv("RANK", "9")
+    with pytest.raises(ValueError, match="RANK=9 is outside WORLD_SIZE=8"):
+        dist_env()
