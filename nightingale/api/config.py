@@ -1,0 +1,86 @@
+"""ServeConfig: everything the HTTP server reads from configs/serve/*.yaml, validated early."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from nightingale.inference.engine import EngineConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Per-request limits; a request over one gets a 4xx naming the field (body size: 413)."""
+
+    max_body_bytes: int = 1 << 20
+    max_patients: int = 100
+    max_events_per_patient: int = 5000
+    max_outcomes: int = 10
+    max_codes_per_outcome: int = 100
+    max_horizons: int = 5
+    max_horizon_days: float = 3653.0
+    max_rollouts: int = 256
+    max_top_k: int = 50
+    max_cohort_patients: int = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """model: EngineConfig fields (model_dir, dtype, ...). allow_ungated: serve without a passing
+    gate report (logged warning; development only). api_keys_file: JSON/YAML of hashed keys;
+    api_keys_env: variable with `id:key:scope+scope,...` entries (plain keys, hashed on load).
+    audit_log: JSONL path. max_inflight: HTTP work requests (forecasts, next events, cohort
+    submissions) allowed at once; more get 503 + Retry-After. default_rollouts: when a forecast
+    names none. small_count_threshold: population counts below it are suppressed.
+    cohorts_dir: where cohort jobs write; max_running_jobs: cohort jobs generating at once
+    (others wait queued). request_timeout_s: an engine call past it gets 504."""
+
+    model: EngineConfig
+    allow_ungated: bool = False
+    api_keys_file: str | None = None
+    api_keys_env: str = "NIGHTINGALE_API_KEYS"
+    audit_log: str = "runs/serve/audit.jsonl"
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    max_inflight: int = 64
+    retry_after_s: int = 5
+    default_rollouts: int = 64
+    chunk_tokens: int = 64
+    max_new_tokens: int = 2048
+    small_count_threshold: int = 10
+    cohorts_dir: str = "runs/serve/cohorts"
+    max_running_jobs: int = 1
+    cohort_max_new_tokens: int = 256
+    request_timeout_s: float = 300.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_inflight", "retry_after_s", "default_rollouts", "chunk_tokens", "max_new_tokens",
+                     "max_running_jobs", "cohort_max_new_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"serve.{name}: must be >= 1, got {getattr(self, name)!r}")
+        if self.small_count_threshold < 0:
+            raise ValueError(f"serve.small_count_threshold: must be >= 0, got {self.small_count_threshold}")
+        if self.default_rollouts > self.limits.max_rollouts:
+            raise ValueError("serve.default_rollouts: must not exceed limits.max_rollouts")
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> ServeConfig:
+        m = dict(m)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(m) - known)
+        if unknown:
+            raise ValueError(f"serve: unknown field(s) {unknown}; allowed {sorted(known)}")
+        if "model" not in m:
+            raise ValueError("serve.model: required (at least model.model_dir)")
+        model = m.pop("model")
+        m["model"] = model if isinstance(model, EngineConfig) else EngineConfig.from_mapping(dict(model))
+        lim = m.pop("limits", None) or {}
+        if not isinstance(lim, Limits):
+            lknown = {f.name for f in dataclasses.fields(Limits)}
+            bad = sorted(set(lim) - lknown)
+            if bad:
+                raise ValueError(f"serve.limits: unknown field(s) {bad}; allowed {sorted(lknown)}")
+            lim = Limits(**dict(lim))
+        m["limits"] = lim
+        return cls(**m)

@@ -1,0 +1,255 @@
+"""The HTTP routes: thin translations between schemas and the inference layer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from nightingale.api import schemas as M
+from nightingale.api.app import FieldError, ServerState
+from nightingale.api.auth import ApiKey, presented_key
+from nightingale.inference.cohorts import CohortSpec, validate_spec
+from nightingale.inference.next_events import next_events
+from nightingale.inference.prompts import (
+    Event,
+    Prompt,
+    build_prompt,
+    resolve_outcome_codes,
+    static_codes,
+)
+from nightingale.inference.risk import outcome_hits, patient_risk, population_count
+from nightingale.inference.rollouts import RolloutConfig, sample_rollouts
+
+router = APIRouter()
+DAY_S = 86400.0
+AUTH_RESPONSES = {401: {"model": M.ErrorOut}, 403: {"model": M.ErrorOut}, 413: {"model": M.ErrorOut},
+                  503: {"model": M.ErrorOut}}
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.ng
+
+
+def require(scope: str | None):
+    """Dependency: authenticate the key, check `scope` (None: any valid key), note the key id."""
+
+    def dep(request: Request) -> ApiKey:
+        st = _state(request)
+        key = st.keys.authenticate(presented_key(request.headers))
+        request.scope["state"]["ng_audit"]["key_id"] = key.id
+        if scope is not None:
+            st.keys.authorise(key, scope)
+        return key
+
+    return dep
+
+
+AnyKey = Annotated[ApiKey, Depends(require(None))]
+ForecastKey = Annotated[ApiKey, Depends(require("forecast"))]
+GenerateKey = Annotated[ApiKey, Depends(require("generate"))]
+
+
+def _note(request: Request, **counts) -> None:
+    request.scope["state"]["ng_audit"].update(counts)
+
+
+def _check_patient(p: M.PatientIn, loc: tuple, st: ServerState) -> None:
+    if len(p.events) > st.cfg.limits.max_events_per_patient:
+        raise FieldError((*loc, "events"), f"{len(p.events)} events; at most {st.cfg.limits.max_events_per_patient} (limits.max_events_per_patient)")
+
+
+def _prompt(p: M.PatientIn, loc: tuple, st: ServerState, room: int) -> Prompt:
+    engine = st.require_engine()
+    try:
+        return build_prompt(
+            engine.vocab,
+            [Event(e.time, e.code, e.numeric_value) for e in p.events],
+            birth=p.birth_date,
+            statics=static_codes(p.sex, p.static_codes),
+            prediction_time=p.prediction_time,
+            max_tokens=room,
+        )
+    except ValueError as e:
+        field = str(e).split(":", 1)[0]
+        raise FieldError((*loc, field), str(e)) from None
+
+
+async def _timed(coro, st: ServerState):
+    return await asyncio.wait_for(coro, st.cfg.request_timeout_s)
+
+
+# --- probes ------------------------------------------------------------------------------------------
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"], responses={503: {"model": M.ErrorOut}})
+async def readyz(request: Request):
+    """Readiness: the engine is up and healthy, and the server is not shutting down."""
+    st = _state(request)
+    if st.shutting_down or st.engine is None or not st.engine.healthy:
+        why = "shutting down" if st.shutting_down else st.engine_error or "loading"
+        return JSONResponse({"status": "not ready", "detail": why}, status_code=503,
+                            headers={"Retry-After": str(st.cfg.retry_after_s)})
+    return {"status": "ready"}
+
+
+@router.get("/metrics", tags=["ops"], response_class=Response)
+async def metrics(request: Request):
+    """Prometheus metrics: requests, latency, tokens generated, queue depth, cohort jobs."""
+    st = _state(request)
+    st.metrics.sync_engine(st.engine)
+    st.sync_job_metrics()
+    return Response(st.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@router.get("/v1/model", tags=["model"], response_model=M.ModelInfo, responses=AUTH_RESPONSES)
+async def model_info(request: Request, key: AnyKey):
+    """The served model's card and gate report."""
+    st = _state(request)
+    engine = st.require_engine()
+    return M.ModelInfo(model_dir=engine.model_dir.name, card=st.card, gate=st.gate, vocabulary_size=len(engine.vocab),
+                       max_model_len=engine.max_model_len, dtype=engine.dtype)
+
+
+# --- next events ---------------------------------------------------------------------------------
+@router.post("/v1/next-events", tags=["predict"], response_model=M.NextEventsResponse, responses=AUTH_RESPONSES)
+async def post_next_events(body: M.NextEventsRequest, request: Request, key: ForecastKey):
+    """Top-k next events and the distribution of the time to the next event, for one patient."""
+    st = _state(request)
+    _note(request, patients=1)
+    if body.top_k > st.cfg.limits.max_top_k:
+        raise FieldError(("top_k",), f"{body.top_k}; at most {st.cfg.limits.max_top_k} (limits.max_top_k)")
+    _check_patient(body.patient, ("patient",), st)
+    async with st.admission():
+        engine = st.require_engine()
+        prompt = _prompt(body.patient, ("patient",), st, engine.max_model_len - 2)
+        ne = await _timed(next_events(engine, prompt, body.top_k), st)
+    return M.NextEventsResponse(
+        ref=body.patient.ref,
+        events=[M.CodeProbability(code=c, probability=p) for c, p in ne.events],
+        time_to_next_event=[
+            M.TimeBinOut(label=b.label, lower_days=b.lower_s / DAY_S, upper_days=None if b.upper_s is None else b.upper_s / DAY_S,
+                         probability=b.probability)
+            for b in ne.time_to_next
+        ],
+        p_death_next=ne.p_death_next, p_end_of_record=ne.p_end_of_record, unresolved=ne.unresolved,
+        codes_resolved=dict(prompt.codes),
+    )
+
+
+# --- forecasts -------------------------------------------------------------------------------------
+@router.post("/v1/forecasts", tags=["predict"], response_model=M.ForecastResponse, responses=AUTH_RESPONSES)
+async def post_forecasts(body: M.ForecastRequest, request: Request, key: ForecastKey):
+    """Per patient and outcome and horizon: the probability (share of rollouts) with a 95% Wilson
+    interval; per population: the expected count with a 95% interval, small counts suppressed."""
+    st = _state(request)
+    lim = st.cfg.limits
+    n = body.rollouts or st.cfg.default_rollouts
+    _note(request, patients=len(body.patients), rollouts=n)
+    checks = [
+        (("patients",), len(body.patients), lim.max_patients, "max_patients"),
+        (("rollouts",), n, lim.max_rollouts, "max_rollouts"),
+        (("outcomes",), len(body.outcomes), lim.max_outcomes, "max_outcomes"),
+        (("horizons_days",), len(body.horizons_days), lim.max_horizons, "max_horizons"),
+        (("horizons_days",), max(body.horizons_days), lim.max_horizon_days, "max_horizon_days"),
+    ]
+    for loc, value, cap, name in checks:
+        if value > cap:
+            raise FieldError(loc, f"{value} is over the limit {cap} (limits.{name})")
+    for i, o in enumerate(body.outcomes):
+        if len(o.codes) > lim.max_codes_per_outcome:
+            raise FieldError(("outcomes", i, "codes"), f"{len(o.codes)} codes; at most {lim.max_codes_per_outcome}")
+    for i, p in enumerate(body.patients):
+        _check_patient(p, ("patients", i), st)
+    async with st.admission():
+        engine = st.require_engine()
+        outcome_ids = []
+        for i, o in enumerate(body.outcomes):
+            found = resolve_outcome_codes(engine.vocab, o.codes)
+            for j, (code, ids) in enumerate(found.items()):
+                if not ids:
+                    raise FieldError(("outcomes", i, "codes", j), f"{code!r} matches no code the model can emit")
+            outcome_ids.append(sorted({t for ids in found.values() for t in ids}))
+        room = engine.max_model_len - st.cfg.chunk_tokens
+        prompts = [_prompt(p, ("patients", i), st, room) for i, p in enumerate(body.patients)]
+        cfg = RolloutConfig(n=n, horizon_s=max(body.horizons_days) * DAY_S, chunk_tokens=st.cfg.chunk_tokens,
+                            max_new_tokens=st.cfg.max_new_tokens, seed=st.cfg.seed if body.seed is None else body.seed)
+        rolls = await _timed(sample_rollouts(engine, prompts, cfg), st)
+    st.metrics.rollouts.inc(n * len(prompts))
+    patients, probs = [], np.zeros((len(prompts), len(body.outcomes), len(body.horizons_days)))
+    for i, (p, rs) in enumerate(zip(body.patients, rolls)):
+        risks = []
+        for a, o in enumerate(body.outcomes):
+            for b, h in enumerate(body.horizons_days):
+                est = patient_risk(outcome_hits(rs, outcome_ids[a], h * DAY_S), rs)
+                probs[i, a, b] = est.probability
+                risks.append(M.RiskOut(outcome=o.name, horizon_days=h, probability=est.probability, lower=est.lower,
+                                       upper=est.upper, rollouts=est.rollouts, truncated=est.truncated))
+        patients.append(M.PatientForecast(ref=p.ref, risks=risks, codes_resolved=dict(prompts[i].codes)))
+    population = []
+    for a, o in enumerate(body.outcomes):
+        for b, h in enumerate(body.horizons_days):
+            pe = population_count(probs[:, a, b], n, st.cfg.small_count_threshold)
+            population.append(M.PopulationOut(outcome=o.name, horizon_days=h, patients=pe.patients, expected_count=pe.expected,
+                                              lower=pe.lower, upper=pe.upper, suppressed=pe.suppressed, threshold=pe.threshold))
+    return M.ForecastResponse(patients=patients, population=population, rollouts=n)
+
+
+# --- cohorts ----------------------------------------------------------------------------------------
+def _job_out(job, request: Request) -> M.CohortJob:
+    downloads = None
+    if job.status == "done":
+        base = str(request.url_for("download_cohort", job_id=job.id))
+        downloads = {"meds": f"{base}?format=meds", "csv": f"{base}?format=csv"}
+    return M.CohortJob(id=job.id, status=job.status, n_patients=job.spec.n_patients, done_patients=job.done_patients,
+                       created_at=job.created_at, report=job.report, error=job.error, downloads=downloads)
+
+
+@router.post("/v1/cohorts", tags=["generate"], response_model=M.CohortJob, status_code=202, responses=AUTH_RESPONSES)
+async def post_cohorts(body: M.CohortRequest, request: Request, key: GenerateKey):
+    """Start generating a synthetic cohort (a job); poll GET /v1/cohorts/{id}."""
+    st = _state(request)
+    _note(request, patients=body.n_patients)
+    if body.n_patients > st.cfg.limits.max_cohort_patients:
+        raise FieldError(("n_patients",), f"{body.n_patients} is over the limit {st.cfg.limits.max_cohort_patients} (limits.max_cohort_patients)")
+    if body.age_min is not None and body.age_max is not None and body.age_min >= body.age_max:
+        raise FieldError(("age_min",), "must be below age_max")
+    async with st.admission():
+        engine = st.require_engine()
+        spec = CohortSpec(n_patients=body.n_patients, sex=body.sex, age_min=body.age_min, age_max=body.age_max,
+                          starting_code=body.starting_code, seed=body.seed, max_new_tokens=st.cfg.cohort_max_new_tokens)
+        try:
+            validate_spec(engine.vocab, spec)
+        except ValueError as e:
+            raise FieldError((str(e).split(":", 1)[0],), str(e)) from None
+        job = st.jobs.submit(key.id, spec)
+    return _job_out(job, request)
+
+
+@router.get("/v1/cohorts/{job_id}", tags=["generate"], response_model=M.CohortJob, responses={**AUTH_RESPONSES, 404: {"model": M.ErrorOut}})
+async def get_cohort(job_id: str, request: Request, key: GenerateKey):
+    """A cohort job's status and progress (only the submitting key, or an admin key, sees it)."""
+    st = _state(request)
+    return _job_out(st.jobs.get(job_id, key.id, "admin" in key.scopes), request)
+
+
+@router.get("/v1/cohorts/{job_id}/download", tags=["generate"], name="download_cohort",
+            responses={**AUTH_RESPONSES, 404: {"model": M.ErrorOut}, 409: {"model": M.ErrorOut}})
+async def download_cohort(job_id: str, request: Request, key: GenerateKey,
+                          format: Annotated[Literal["meds", "csv"], Query()] = "meds"):
+    """The finished cohort: a zipped MEDS dataset (format=meds) or one CSV of events (format=csv)."""
+    st = _state(request)
+    job = st.jobs.get(job_id, key.id, "admin" in key.scopes)
+    _note(request, patients=job.spec.n_patients)
+    if job.status != "done":
+        return JSONResponse({"detail": f"cohort job is {job.status}, not done"}, status_code=409)
+    path = job.file(format)
+    media = "application/zip" if format == "meds" else "text/csv"
+    return FileResponse(path, media_type=media, filename=f"cohort-{job.id}.{'zip' if format == 'meds' else 'csv'}")

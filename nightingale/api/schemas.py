@@ -1,0 +1,148 @@
+"""Request and response bodies of the HTTP API (pydantic v2), apart from the routes.
+
+Static bounds here are absolute sanity caps that also document the schema (and bound what a
+fuzzer sends); the deployment's own, usually tighter, limits come from `Limits` and are checked
+in the routes, with the same 422 shape naming the field. Unknown fields are rejected (a typo in
+a field name must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Code = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S+$", description="A MEDS code, e.g. ICD10//I21.9")]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class EventIn(_In):
+    time: dt.datetime = Field(description="Event time (ISO 8601); time zones are converted to UTC")
+    code: Code
+    numeric_value: float | None = Field(None, description="Optional numeric value (lab result, ...)")
+
+
+class PatientIn(_In):
+    ref: str | None = Field(
+        None, max_length=64, description="Caller's label, echoed back in the answer; never logged or stored"
+    )
+    sex: str | None = Field(None, min_length=1, max_length=16, pattern=r"^\S+$", description="Sex code suffix, e.g. F or M (SEX//F)")
+    birth_date: dt.date | None = None
+    static_codes: list[Code] = Field(default_factory=list, max_length=32, description="Other static codes, e.g. ETHNICITY//White")
+    events: list[EventIn] = Field(min_length=1, max_length=100_000)
+    prediction_time: dt.datetime | None = Field(
+        None, description="Only events at or before it are used; horizons count from the last of them"
+    )
+
+
+class NextEventsRequest(_In):
+    patient: PatientIn
+    top_k: int = Field(10, ge=1, le=1000)
+
+
+class OutcomeIn(_In):
+    name: str = Field(min_length=1, max_length=64)
+    codes: list[Code] = Field(min_length=1, max_length=1000, description="Codes; a trailing * matches a prefix (ICD10//I2*)")
+
+
+class ForecastRequest(_In):
+    patients: list[PatientIn] = Field(min_length=1, max_length=100_000)
+    outcomes: list[OutcomeIn] = Field(min_length=1, max_length=100)
+    horizons_days: list[Annotated[float, Field(gt=0, le=36525)]] = Field(min_length=1, max_length=20)
+    rollouts: int | None = Field(None, ge=1, le=100_000, description="Monte-Carlo rollouts per patient")
+    seed: Seed | None = None
+
+
+class CohortRequest(_In):
+    n_patients: int = Field(ge=1, le=10_000_000)
+    sex: str | None = Field(None, min_length=1, max_length=16, pattern=r"^\S+$")
+    age_min: float | None = Field(None, ge=0, le=150)
+    age_max: float | None = Field(None, gt=0, le=150)
+    starting_code: Code | None = None
+    seed: Seed = 0
+
+
+# --- responses ---------------------------------------------------------------------------------------
+class CodeProbability(BaseModel):
+    code: str
+    probability: float
+
+
+class TimeBinOut(BaseModel):
+    label: str
+    lower_days: float
+    upper_days: float | None
+    probability: float
+
+
+class NextEventsResponse(BaseModel):
+    ref: str | None
+    events: list[CodeProbability]
+    time_to_next_event: list[TimeBinOut]
+    p_death_next: float
+    p_end_of_record: float
+    unresolved: float
+    codes_resolved: dict[str, int]
+
+
+class RiskOut(BaseModel):
+    outcome: str
+    horizon_days: float
+    probability: float
+    lower: float
+    upper: float
+    rollouts: int
+    truncated: int
+
+
+class PatientForecast(BaseModel):
+    ref: str | None
+    risks: list[RiskOut]
+    codes_resolved: dict[str, int]
+
+
+class PopulationOut(BaseModel):
+    outcome: str
+    horizon_days: float
+    patients: int
+    expected_count: float | None
+    lower: float | None
+    upper: float | None
+    suppressed: bool
+    threshold: int
+
+
+class ForecastResponse(BaseModel):
+    patients: list[PatientForecast]
+    population: list[PopulationOut]
+    rollouts: int
+    interval: str = "95% Wilson score (patients); 95% normal prediction interval (population)"
+
+
+class CohortJob(BaseModel):
+    id: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    n_patients: int
+    done_patients: int
+    created_at: str
+    report: dict | None = None
+    error: str | None = None
+    downloads: dict[str, str] | None = None
+
+
+class ModelInfo(BaseModel):
+    model_dir: str
+    card: dict
+    gate: dict
+    vocabulary_size: int
+    max_model_len: int
+    dtype: str
+
+
+class ErrorOut(BaseModel):
+    detail: str | list

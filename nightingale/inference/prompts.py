@@ -1,0 +1,152 @@
+"""A patient's timeline (MEDS-like events, sex, birth date) -> the token prompt a model continues.
+
+The prompt has the layout of a training window (tokenizer/corpus.py): static tokens, the age band
+at the window's first body token, then the body `[SOT] event ...` *without* the final `[EOR]`, so the
+model continues the record after its last event. Encoding is the tokenizer's own vectorised
+`encode_events` (codes outside the vocabulary fall back to parents/unknown tokens exactly as in
+training). A body longer than the context keeps its most recent tokens, starting at an event.
+
+Forecasts are anchored at the last event at or before the prediction time: events after it are
+ignored, and horizons count from that event (the gap between the last event and a later
+prediction time is not encoded, because in training a gap token is always followed by an event).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import polars as pl
+
+from nightingale import schema as S
+from nightingale.tokenizer import families as F
+from nightingale.tokenizer.encode import encode_events
+from nightingale.tokenizer.vocabulary import Vocabulary
+
+EPOCH = dt.datetime(1970, 1, 1)
+
+
+def to_us(t: dt.datetime | dt.date) -> int:
+    """Microseconds since the epoch of a naive datetime or a date (time zones are dropped)."""
+    if not isinstance(t, dt.datetime):
+        t = dt.datetime(t.year, t.month, t.day)
+    if t.tzinfo is not None:
+        t = t.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return (t - EPOCH) // dt.timedelta(microseconds=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    time: dt.datetime
+    code: str
+    numeric_value: float | None = None
+
+
+@dataclasses.dataclass
+class Prompt:
+    """Token prompt of one patient. prefix: static + age tokens; body: [SOT]? events...;
+    anchor_us: time of the last encoded event (horizons count from it); codes: how the
+    patient's codes were resolved (exact/parent/unknown_family/unknown counts)."""
+
+    prefix: list[int]
+    body: list[int]
+    anchor_us: int
+    codes: Counter
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prefix + self.body
+
+    def window(self, extra: Sequence[int] = (), room: int | None = None) -> list[int]:
+        """prefix + (body + extra), keeping the last `room - len(prefix)` body tokens."""
+        body = list(self.body) + list(extra)
+        if room is not None and len(self.prefix) + len(body) > room:
+            body = body[len(self.prefix) + len(body) - room :]
+        return self.prefix + body
+
+
+def static_codes(sex: str | None, extra: Iterable[str] = (), sex_prefix: str = "SEX//") -> list[str]:
+    """The static codes of a patient: `SEX//<sex>` (when given) then any extra static codes."""
+    out = [f"{sex_prefix}{sex}"] if sex else []
+    return out + [c for c in extra if c not in out]
+
+
+def build_prompt(
+    vocab: Vocabulary,
+    events: Sequence[Event],
+    *,
+    birth: dt.datetime | dt.date | None = None,
+    statics: Sequence[str] = (),
+    prediction_time: dt.datetime | None = None,
+    max_tokens: int,
+) -> Prompt:
+    """Encode one patient's events (any order; sorted here) into a Prompt of at most `max_tokens`.
+
+    Raises ValueError (naming the field) when no event is at or before `prediction_time`, or when
+    the static prefix alone does not fit.
+    """
+    evs = [e for e in events if prediction_time is None or to_us(e.time) <= to_us(prediction_time)]
+    if not evs:
+        raise ValueError("events: no event at or before prediction_time; a forecast needs at least one")
+    rows = [(0, None, c, None) for c in statics]
+    if birth is not None:
+        rows.append((0, to_us(birth), S.BIRTH_CODE, None))
+    rows += [(0, to_us(e.time), e.code, e.numeric_value) for e in evs]
+    frame = pl.DataFrame(
+        rows,
+        schema={S.SUBJECT_ID: pl.Int64, S.TIME: pl.Int64, S.CODE: pl.String, S.NUMERIC_VALUE: pl.Float64},
+        orient="row",
+    ).with_columns(pl.col(S.TIME).cast(pl.Datetime("us")), pl.col(S.NUMERIC_VALUE).cast(pl.Float32))
+    enc = encode_events(vocab, frame)
+    tokens, times = enc.tokens.astype(np.int64), enc.times
+    assert len(tokens) and tokens[-1] == F.EOR_ID, "encode_events ends every subject with [EOR]"
+    tokens, times = tokens[:-1], times[:-1]
+    static = [int(t) for t in enc.static]
+    room = max_tokens - len(static) - 1
+    if room < 2:
+        raise ValueError(f"static: {len(static)} static tokens leave no room in a {max_tokens}-token prompt")
+    start = 0
+    if len(tokens) > room:
+        start = len(tokens) - room
+        kinds = vocab.kinds[tokens[start:]]
+        first_code = np.flatnonzero(kinds == F.KIND_CODE)  # start at an event, not inside one
+        start += int(first_code[0]) if len(first_code) else 0
+    birth_us = None if birth is None else to_us(birth)
+    age = vocab.age_token(birth_us, int(times[start]))
+    codes = Counter({k: v for k, v in enc.report.items() if k.startswith("codes_")})
+    return Prompt(static + [age], [int(t) for t in tokens[start:]], int(times[-1]), codes)
+
+
+def resolve_outcome_codes(vocab: Vocabulary, codes: Sequence[str]) -> dict[str, list[int]]:
+    """Token ids of outcome codes: an exact vocabulary code, or a prefix ending in ``*``
+    (``ICD10//I2*``: every code token starting ``ICD10//I2``). Codes matching nothing map to []."""
+    out: dict[str, list[int]] = {}
+    for c in codes:
+        if c.endswith("*"):
+            stem = c[:-1]
+            out[c] = [i for code, i in vocab.code_to_id.items() if code.startswith(stem)]
+        else:
+            out[c] = [vocab.code_to_id[c]] if c in vocab.code_to_id else []
+    return out
+
+
+def body_banned_ids(vocab: Vocabulary) -> tuple[int, ...]:
+    """Tokens that cannot appear inside a timeline body: [PAD], [SOT], age bands, static codes and
+    unknown tokens (no model should invent an unknown code). Banned while sampling continuations,
+    so generated timelines decode cleanly."""
+    kinds = vocab.kinds
+    bad = (kinds == F.KIND_AGE) | (kinds == F.KIND_UNKNOWN) | vocab.is_static
+    bad[[F.PAD_ID, F.SOT_ID]] = True
+    return tuple(int(i) for i in np.flatnonzero(bad))
+
+
+def code_names(vocab: Vocabulary, ids: Iterable[int]) -> list[str]:
+    return [vocab.codes[i] or vocab.tokens[i] for i in ids]
+
+
+def as_events(rows: Iterable[Mapping]) -> list[Event]:
+    """Events from mappings with time/code/numeric_value keys (request bodies, test fixtures)."""
+    return [Event(r["time"], r["code"], r.get("numeric_value")) for r in rows]

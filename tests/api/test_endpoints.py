@@ -1,0 +1,156 @@
+"""Every endpoint over real HTTP (uvicorn on 127.0.0.1, the real vLLM CPU engine, a tiny model)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+
+import polars as pl
+import pytest
+
+from nightingale import schema as S
+from nightingale.data.validate import validate_meds
+from tests.inference.harness import NEVER_CODE, TRIGGER_CODE
+
+pytestmark = pytest.mark.slow
+
+
+def patient(ref: str | None = None, last: str | None = None, n: int = 6) -> dict:
+    codes = ["SNOMED//185345009", "ICD10//I10", "ATC//C10AA01", "LOINC//8480-6", "ATC//C09AA05", "SNOMED//185317003"]
+    events = [{"time": f"2021-{1 + i % 12:02d}-15T09:00:00", "code": codes[i % len(codes)]} for i in range(n)]
+    if n > 3:
+        events[3]["numeric_value"] = 141.0
+    if last:
+        events.append({"time": "2022-01-20T10:00:00", "code": last})
+    out = {"sex": "M", "birth_date": "1948-02-03", "static_codes": ["ETHNICITY//White"], "events": events}
+    if ref:
+        out["ref"] = ref
+    return out
+
+
+def forecast_body(patients, **kw) -> dict:
+    body = {
+        "patients": patients,
+        "outcomes": [{"name": "death", "codes": ["MEDS_DEATH"]}, {"name": "never", "codes": [NEVER_CODE]},
+                     {"name": "cardiac", "codes": ["ICD10//I2*", "ICD10//I50.9"]}],
+        "horizons_days": [90, 365],
+        "rollouts": 32,
+    }
+    body.update(kw)
+    return body
+
+
+def test_probes_and_metrics(server, anonymous):
+    assert anonymous.get("/healthz").json() == {"status": "ok"}
+    assert anonymous.get("/readyz").json() == {"status": "ready"}
+    m = anonymous.get("/metrics")
+    assert m.status_code == 200 and "nightingale_requests_total" in m.text and "nightingale_queue_depth" in m.text
+
+
+def test_model_info(forecaster):
+    r = forecaster.get("/v1/model")
+    assert r.status_code == 200, r.text
+    info = r.json()
+    assert info["gate"]["passed"] is True and info["card"]["steps"] > 0
+    assert info["dtype"] == "float32" and info["max_model_len"] == 256
+
+
+def test_next_events_happy_path(forecaster):
+    r = forecaster.post("/v1/next-events", json={"patient": patient("p-1"), "top_k": 5})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["ref"] == "p-1" and 1 <= len(out["events"]) <= 5
+    total = sum(b["probability"] for b in out["time_to_next_event"]) + out["p_end_of_record"]
+    assert total == pytest.approx(1.0, abs=1e-4)
+    assert out["codes_resolved"]["codes_exact"] == 6  # timed events (statics are not counted)
+    trig = forecaster.post("/v1/next-events", json={"patient": patient(last=TRIGGER_CODE), "top_k": 1}).json()
+    assert trig["events"][0]["code"] == S.DEATH_CODE and trig["p_death_next"] > 0.999
+
+
+def test_forecast_impossible_and_certain(forecaster):
+    r = forecaster.post("/v1/forecasts", json=forecast_body([patient("a"), patient("b", last=TRIGGER_CODE)]))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["rollouts"] == 32 and [p["ref"] for p in out["patients"]] == ["a", "b"]
+    risks = {(p["ref"], x["outcome"], x["horizon_days"]): x for p in out["patients"] for x in p["risks"]}
+    for ref in ("a", "b"):
+        for h in (90, 365):
+            never = risks[(ref, "never", h)]
+            assert never["probability"] == 0.0 and never["lower"] == 0.0 and 0 < never["upper"] < 0.11
+    for h in (90, 365):
+        certain = risks[("b", "death", h)]
+        assert certain["probability"] == 1.0 and certain["upper"] == 1.0 and certain["lower"] > 0.89
+    # Monotone in the horizon (the same rollouts, read at two horizons).
+    for o in ("death", "cardiac"):
+        assert risks[("a", o, 90)]["probability"] <= risks[("a", o, 365)]["probability"]
+    # Two patients: every expected count is under the threshold of 10 -> suppressed.
+    assert all(p["suppressed"] and p["expected_count"] is None for p in out["population"])
+
+
+def test_forecast_small_population_is_suppressed(server, forecaster):
+    """8 patients who all die at once: expected count 8, under the threshold of 10 -> suppressed
+    (the estimator itself is checked in tests/inference/test_units.py)."""
+    body = forecast_body([patient(last=TRIGGER_CODE)] * 8, rollouts=8,
+                         outcomes=[{"name": "death", "codes": ["MEDS_DEATH"]}], horizons_days=[30])
+    out = forecaster.post("/v1/forecasts", json=body).json()
+    assert out["population"][0]["suppressed"] and out["population"][0]["patients"] == 8
+
+
+def test_cohort_job_lifecycle(generator, admin, forecaster, tmp_path):
+    r = generator.post("/v1/cohorts", json={"n_patients": 12, "sex": "F", "age_min": 40, "age_max": 80, "seed": 1})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] in ("queued", "running")
+    deadline = time.time() + 240
+    while job["status"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(1)
+        job = generator.get(f"/v1/cohorts/{job['id']}").json()
+    assert job["status"] == "done", job
+    assert job["done_patients"] == 12 and job["report"]["dropped_rate"] <= 0.02
+    assert forecaster.get(f"/v1/cohorts/{job['id']}").status_code == 403  # no generate scope
+    assert admin.get(f"/v1/cohorts/{job['id']}").status_code == 200
+    z = generator.get(f"/v1/cohorts/{job['id']}/download", params={"format": "meds"})
+    assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
+    root = tmp_path / "cohort"
+    zipfile.ZipFile(io.BytesIO(z.content)).extractall(root)
+    report = validate_meds(root)
+    assert report.ok, [str(e) for e in report.errors]
+    c = generator.get(f"/v1/cohorts/{job['id']}/download", params={"format": "csv"})
+    assert c.status_code == 200 and c.text.startswith("subject_id,time,code,numeric_value")
+    csv = pl.read_csv(io.BytesIO(c.content))
+    assert csv[S.SUBJECT_ID].n_unique() == 12
+    assert set(csv.filter(pl.col(S.CODE).str.starts_with("SEX//"))[S.CODE]) == {"SEX//F"}
+    assert generator.get("/v1/cohorts/nope").status_code == 404
+    assert generator.get(f"/v1/cohorts/{job['id']}/download", params={"format": "xml"}).status_code == 422
+
+
+def test_openapi_docs(anonymous):
+    assert anonymous.get("/docs").status_code == 200
+    spec = anonymous.get("/openapi.json").json()
+    assert {"/v1/forecasts", "/v1/next-events", "/v1/cohorts", "/v1/model"} <= set(spec["paths"])
+
+
+def test_audit_log_has_no_identifiers(server, forecaster):
+    ref = "subject-8841-SECRET"
+    p = patient(ref)
+    p["events"].append({"time": "2022-02-01T00:00:00", "code": "ICD10//J44.9"})
+    r = forecaster.post("/v1/forecasts", json=forecast_body([p], rollouts=4))
+    assert r.status_code == 200
+    rid = r.headers["x-request-id"]
+    # The record is appended once the response has gone out, so it may land a moment later.
+    deadline, mine = time.monotonic() + 10, []
+    while not mine and time.monotonic() < deadline:
+        text = open(server.cfg.audit_log).read()
+        lines = [json.loads(x) for x in text.splitlines()]
+        mine = [x for x in lines if x["request_id"] == rid]
+        time.sleep(0.05)
+    assert mine, f"no audit record for request {rid}"
+    assert set(mine[0]) == {"time", "request_id", "key_id", "method", "endpoint", "status", "outcome",
+                            "patients", "rollouts", "duration_ms"}
+    rec = mine[0]
+    assert (rec["endpoint"], rec["status"], rec["key_id"]) == ("/v1/forecasts", 200, "forecaster")
+    assert rec["patients"] == 1 and rec["rollouts"] == 4
+    for needle in (ref, "8841", "ICD10", "J44.9", "1948-02-03", "SNOMED", "fk-test-1"):
+        assert needle not in text
