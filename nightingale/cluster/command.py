@@ -3,7 +3,7 @@
     nightingale submit train --profile gh200 --nodes 4 --account brics.p123 model=base \\
         data_dir=/projects/p123/prep run_dir=/projects/p123/runs/base      # 16 GPUs, srun per GPU
     nightingale submit prepare --profile local data=meds data.path=runs/meds out_dir=runs/prep
-    nightingale submit eval --profile local --after 1234 model_dir=runs/train/model
+    nightingale submit eval --profile local --after 1234 model_dir=runs/train/model data_dir=runs/prep
     nightingale submit pipeline --profile local --out runs/pipe --prepare data=meds \\
         --prepare data.path=runs/meds train=smoke                  # prepare -> train -> eval
     nightingale submit sweep --profile local data_dir=runs/prep 'train.lr=1e-3,3e-3'
@@ -115,7 +115,8 @@ def build_plan(args: argparse.Namespace):
     train = plan_train(job, [f"data_dir={out / 'prepared'}", f"run_dir={out / 'train'}", *args.overrides], ctx)
     plan += [_after(train[0], "prepare-merge")]
     if not args.no_eval:
-        ev = plan_eval(job, [f"model_dir={out / 'train' / 'model'}", *args.eval_overrides], ctx,
+        ev = plan_eval(job, [f"model_dir={out / 'train' / 'model'}", f"data_dir={out / 'prepared'}",
+                             *args.eval_overrides], ctx,
                        args.eval_command, after=("train",))
         plan += ev
     return job, plan

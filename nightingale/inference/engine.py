@@ -46,7 +46,8 @@ class EngineConfig:
         vocabulary.json). dtype: "auto" takes config.json's dtype, except bfloat16/float16 on a
         CPU, which become float32 (bf16 is 3-4x slower on CPUs without AVX512-BF16).
     max_model_len: context tokens (prompt + generated); None = the model's max_position_embeddings.
-    kv_cache_gib: KV cache on a CPU (VLLM_CPU_KVCACHE_SPACE) when the variable is unset.
+    kv_cache_gib: KV cache on a CPU in whole GiB (VLLM_CPU_KVCACHE_SPACE, which vLLM parses as an
+        integer) when the variable is unset.
     gpu_memory_utilization: share of GPU memory vLLM may take (GPU only).
     max_num_seqs: sequences batched per engine step; max_num_batched_tokens: tokens per step
         (prefill is not chunked: see `start`). max_pending: engine requests (prompts, not
@@ -58,7 +59,7 @@ class EngineConfig:
     model_dir: str
     dtype: str = "auto"
     max_model_len: int | None = None
-    kv_cache_gib: float = 1.0
+    kv_cache_gib: int = 1
     gpu_memory_utilization: float = 0.5
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
@@ -75,8 +76,8 @@ class EngineConfig:
                 raise ValueError(f"EngineConfig.{name}: must be >= 1, got {getattr(self, name)!r}")
         if self.max_model_len is not None and int(self.max_model_len) < 8:
             raise ValueError(f"EngineConfig.max_model_len: null or >= 8, got {self.max_model_len!r}")
-        if not 0 < float(self.kv_cache_gib) <= 1024:
-            raise ValueError(f"EngineConfig.kv_cache_gib: in (0, 1024], got {self.kv_cache_gib!r}")
+        if not (float(self.kv_cache_gib).is_integer() and 1 <= self.kv_cache_gib <= 1024):
+            raise ValueError(f"EngineConfig.kv_cache_gib: a whole number of GiB in [1, 1024], got {self.kv_cache_gib!r}")
 
     @classmethod
     def from_mapping(cls, m: dict[str, Any]) -> EngineConfig:
@@ -181,7 +182,7 @@ class Engine:
             )
         gpu = _on_gpu()
         if not gpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cfg.kv_cache_gib)))
         cache = cfg.cache_root or str(Path.home() / ".cache" / "nightingale" / "vllm")
         os.environ.setdefault("VLLM_CACHE_ROOT", cache)
         dtype = resolve_dtype(cfg.dtype, settings["dtype"], gpu)

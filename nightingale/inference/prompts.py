@@ -150,3 +150,29 @@ def code_names(vocab: Vocabulary, ids: Iterable[int]) -> list[str]:
 def as_events(rows: Iterable[Mapping]) -> list[Event]:
     """Events from mappings with time/code/numeric_value keys (request bodies, test fixtures)."""
     return [Event(r["time"], r["code"], r.get("numeric_value")) for r in rows]
+
+
+def corpus_prompt(corpus, vocab: Vocabulary, subject_id: int, time_us: int, max_tokens: int) -> Prompt:
+    """The Prompt of a subject of a token corpus (tokenizer.corpus.TokenCorpus) at `time_us`: the
+    tokens known then (corpus.token_position), laid out like `build_prompt`'s (static, age band at
+    the first kept body token, body without [EOR], cut to the most recent tokens at an event).
+    Evaluation uses it on held-out subjects, so it runs the same rollouts as the API without
+    re-encoding MEDS. Raises ValueError when no event of the subject is at or before `time_us`."""
+    tokens, times = corpus.subject_tokens(subject_id)
+    pos = int(np.searchsorted(times, int(time_us), side="right"))
+    tokens, times = tokens[:pos].astype(np.int64), times[:pos]
+    if len(tokens) and tokens[-1] == F.EOR_ID:
+        tokens, times = tokens[:-1], times[:-1]
+    if not (vocab.kinds[tokens] == F.KIND_CODE).any():
+        raise ValueError(f"subject {subject_id}: no event at or before the prediction time")
+    static = [int(t) for t in corpus.static_tokens(subject_id)]
+    room = max_tokens - len(static) - 1
+    if room < 2:
+        raise ValueError(f"static: {len(static)} static tokens leave no room in a {max_tokens}-token prompt")
+    start = 0
+    if len(tokens) > room:
+        start = len(tokens) - room
+        first_code = np.flatnonzero(vocab.kinds[tokens[start:]] == F.KIND_CODE)
+        start += int(first_code[0]) if len(first_code) else 0
+    age = corpus.age_token(vocab, corpus.row(subject_id), int(times[start]))
+    return Prompt(static + [age], [int(t) for t in tokens[start:]], int(times[-1]), Counter())

@@ -192,6 +192,11 @@ class Server:
 _SERVER: Server | None = None
 
 
+def artifacts_root(tmp_root: Path) -> Path:
+    """Where the session's test model and its data live (meds/, prep/, model/)."""
+    return Path(os.environ.get("NIGHTINGALE_TEST_ARTIFACTS", tmp_root / "artifacts"))
+
+
 def serving(tmp_root: Path) -> Server:
     """The session's server (started on first use)."""
     global _SERVER
@@ -199,7 +204,7 @@ def serving(tmp_root: Path) -> Server:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_CACHE_ROOT", str(Path.home() / ".cache" / "nightingale" / "vllm-tests"))
         # NIGHTINGALE_TEST_ARTIFACTS keeps the trained test model between sessions (development).
-        model_dir = build_model_dir(Path(os.environ.get("NIGHTINGALE_TEST_ARTIFACTS", tmp_root / "artifacts")))
+        model_dir = build_model_dir(artifacts_root(tmp_root))
         os.environ["NIGHTINGALE_TEST_API_KEYS"] = ",".join(f"{k}:{v[0]}:{v[1]}" for k, v in API_KEYS.items())
         cfg = {
             "model": {"model_dir": str(model_dir), "max_num_seqs": 256},

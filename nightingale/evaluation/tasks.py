@@ -1,0 +1,390 @@
+"""Prediction tasks on MEDS data: a YAML definition -> labels in the MEDS label schema.
+
+A task says *when* a prediction is made and *what* counts as the outcome:
+
+    name: mortality_1y
+    outcome_codes: [MEDS_DEATH]          # exact codes, or prefixes ending in `*` (ICD10//E11*)
+    horizon_days: 365                    # the outcome must happen in (t, t + horizon]
+    prediction_time: random_event        # or `trigger` (with trigger_codes, offset_days)
+    min_history_events: 1
+    seed: 0
+
+Prediction times
+- ``random_event``: one time per subject, drawn uniformly from the distinct times of the subject's
+  events (MEDS_BIRTH and MEDS_DEATH are not prediction times) at which the subject is alive (no
+  MEDS_DEATH at or before it) and has at least `min_history_events` events at or before it
+  (MEDS_BIRTH and MEDS_DEATH not counted).
+- ``trigger``: the time of each event matching `trigger_codes`, plus `offset_days`; the subject must
+  be alive then and have `min_history_events` events at or before it. With `one_per_subject` one
+  of these is drawn per subject.
+Draws are reproducible: a subject's draw depends only on its own record and the task seed (a
+SplitMix64 hash), so it does not change when other subjects are added or the data is re-split.
+The draw is made before any exclusion or censoring below, so neither can bias which time is chosen.
+
+Labels and exclusions (in this order)
+- `new_only`: a subject with an outcome code at or before the prediction time is *excluded*
+  rather than labelled False: the task asks who will newly develop the outcome, and a subject who
+  already has it is not at risk. Counting them as negatives would make prevalent cases look like
+  easy negatives and inflate the AUROC of any model that recognises the existing diagnosis.
+- Censoring: a prediction is kept only if the record continues to at least t + horizon (its last
+  event time >= t + horizon), or the outcome happens in (t, t + horizon], or the subject dies in
+  (t, t + horizon]. Death without the outcome is a known negative (the outcome can no longer
+  happen), so it is kept as False, not censored; for mortality tasks death is the outcome.
+- boolean_value: an outcome code in (t, t + horizon] (the same window as
+  `oracle.observed_labels`, so labels agree with the simulator's own outcome definitions).
+
+Cost: one grouped pass over the events for per-subject summaries, one join to pick times, then
+work on small frames; 100k subjects (23.5M events) label in about 5 s on two busy cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import yaml
+
+from nightingale import schema as S
+from nightingale.data.meds_io import MEDSDataset
+
+log = logging.getLogger(__name__)
+
+RANDOM_EVENT = "random_event"
+TRIGGER = "trigger"
+PREDICTION_TIMES: tuple[str, ...] = (RANDOM_EVENT, TRIGGER)
+US_PER_DAY = 86_400_000_000
+
+LABEL_SCHEMA: dict[str, pl.DataType] = {
+    S.SUBJECT_ID: pl.Int64(),
+    S.PREDICTION_TIME: pl.Datetime("us"),
+    S.BOOLEAN_VALUE: pl.Boolean(),
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A binary prediction task; see the module docstring for the semantics of each field.
+
+    horizon_days and offset_days are in days (fractions allowed); outcome_codes and trigger_codes
+    are exact codes or prefixes ending in ``*``.
+    """
+
+    name: str
+    outcome_codes: tuple[str, ...]
+    horizon_days: float
+    prediction_time: str = RANDOM_EVENT
+    description: str = ""
+    trigger_codes: tuple[str, ...] = ()
+    offset_days: float = 0.0
+    one_per_subject: bool = True
+    new_only: bool = False
+    min_history_events: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for field in ("outcome_codes", "trigger_codes"):
+            v = getattr(self, field)
+            if isinstance(v, (str, list)):
+                object.__setattr__(self, field, (v,) if isinstance(v, str) else tuple(v))
+        _check(self)
+        for field in ("horizon_days", "offset_days"):
+            object.__setattr__(self, field, float(getattr(self, field)))
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], source: str = "task") -> Task:
+        """Build a Task from a mapping (e.g. parsed YAML); errors name `source` and the field."""
+        if not isinstance(mapping, Mapping):
+            kind = type(mapping).__name__
+            raise ValueError(f"{source}: a task must be a mapping of fields, got {kind}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(mapping) - set(fields))
+        if unknown:
+            raise ValueError(f"{source}: unknown field(s) {unknown}; allowed: {sorted(fields)}")
+        for name, f in fields.items():
+            if f.default is dataclasses.MISSING and name not in mapping:
+                raise ValueError(f"{source}: field '{name}' is required")
+        try:
+            return cls(**mapping)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+
+
+def _check(task: Task) -> None:
+    """Validate a Task; messages start with the field's name (from_mapping adds the file)."""
+
+    def bad(field: str, msg: str) -> ValueError:
+        return ValueError(f"field '{field}': {msg}")
+
+    if not isinstance(task.name, str) or not task.name:
+        raise bad("name", f"must be a non-empty string, got {task.name!r}")
+    if not isinstance(task.description, str):
+        raise bad("description", f"must be a string, got {task.description!r}")
+    for field in ("outcome_codes", "trigger_codes"):
+        codes = getattr(task, field)
+        if not isinstance(codes, tuple) or not all(
+            isinstance(c, str) and c.rstrip("*") and "*" not in c[:-1] for c in codes
+        ):
+            raise bad(field, f"must be a list of codes or prefixes ending in '*', got {codes!r}")
+    if not task.outcome_codes:
+        raise bad("outcome_codes", "must list at least one code")
+    for field in ("horizon_days", "offset_days"):
+        v = getattr(task, field)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise bad(field, f"must be a number of days, got {v!r}")
+    if task.horizon_days <= 0:
+        raise bad("horizon_days", f"must be > 0, got {task.horizon_days}")
+    if task.offset_days < 0:
+        raise bad("offset_days", f"must be >= 0 got {task.offset_days}")
+    if task.prediction_time not in PREDICTION_TIMES:
+        allowed = list(PREDICTION_TIMES)
+        raise bad("prediction_time", f"{task.prediction_time!r} is not one of {allowed}")
+    if task.prediction_time == TRIGGER and not task.trigger_codes:
+        raise bad("trigger_codes", "prediction_time 'trigger' needs at least one trigger code")
+    if task.prediction_time == RANDOM_EVENT:
+        if task.trigger_codes:
+            raise bad("trigger_codes", "only used with prediction_time 'trigger'")
+        if task.offset_days:
+            raise bad("offset_days", "only used with prediction_time 'trigger'")
+        if task.one_per_subject is not True:
+            raise bad("one_per_subject", "random_event draws exactly one time per subject")
+    for field in ("one_per_subject", "new_only"):
+        if not isinstance(getattr(task, field), bool):
+            raise bad(field, f"must be true or false, got {getattr(task, field)!r}")
+    for field, low in (("min_history_events", 1), ("seed", 0)):
+        v = getattr(task, field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise bad(field, f"must be an integer >= {low}, got {v!r}")
+
+
+def load_task(path: str | Path) -> Task:
+    """One task from a YAML file; errors name the file and the field."""
+    path = Path(path)
+    try:
+        mapping = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    return Task.from_mapping(mapping if mapping is not None else {}, source=str(path))
+
+
+def load_tasks(paths: str | Path | Iterable[str | Path]) -> dict[str, Task]:
+    """Tasks by name from YAML files, or from every ``*.yaml``/``*.yml`` in a directory (sorted)."""
+    if isinstance(paths, (str, Path)):
+        p = Path(paths)
+        if p.is_dir():
+            files = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+            if not files:
+                raise ValueError(f"{p}: no task YAML files")
+        else:
+            files = [p]
+    else:
+        files = [Path(p) for p in paths]
+    tasks: dict[str, Task] = {}
+    for f in files:
+        task = load_task(f)
+        if task.name in tasks:
+            raise ValueError(f"{f}: field 'name': task {task.name!r} is defined twice")
+        tasks[task.name] = task
+    return tasks
+
+
+def match_codes(codes: Sequence[str]) -> pl.Expr:
+    """Boolean expression: `code` equals one of `codes` or starts with a prefix given as ``X*``."""
+    exact = [c for c in codes if not c.endswith("*")]
+    expr = pl.col(S.CODE).is_in(exact)
+    for c in codes:
+        if c.endswith("*"):
+            expr = expr | pl.col(S.CODE).str.starts_with(c[:-1])
+    return expr
+
+
+def draw_keys(subject_ids: np.ndarray, times_us: np.ndarray, seed: int) -> np.ndarray:
+    """Stable pseudo-random uint64 keys of (subject id, time in us since the epoch, seed).
+
+    SplitMix64 finalisers (Steele et al., OOPSLA 2014), so the keys are the same across library
+    versions and platforms, unlike polars' `hash`. A draw keeps the candidate with the smallest key
+    per subject: uniform over the subject's distinct candidate times, and independent of every
+    other subject in the frame.
+    """
+
+    def mix(x: np.ndarray) -> np.ndarray:
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        x = mix(np.asarray(subject_ids).astype(np.uint64) + golden * np.uint64((seed + 1) % 2**64))
+        return mix((x ^ np.asarray(times_us).astype(np.uint64)) + golden)
+
+
+def _draw_key(seed: int, time_col: str) -> pl.Expr:
+    def keys(s: pl.Series) -> pl.Series:
+        sid = s.struct.field(S.SUBJECT_ID).to_numpy()
+        t = s.struct.field(time_col).cast(pl.Int64).to_numpy()
+        return pl.Series(draw_keys(sid, t, seed), dtype=pl.UInt64)
+
+    return pl.struct(S.SUBJECT_ID, time_col).map_batches(
+        keys, return_dtype=pl.UInt64, is_elementwise=True
+    )
+
+
+@dataclass(frozen=True)
+class LabelReport:
+    """Counts from one labelling run (no identifiers). candidates: prediction times after the draw;
+    then excluded_new_only, censored, and kept = candidates - both; positives among kept."""
+
+    task: str
+    subjects: int
+    candidates: int
+    excluded_new_only: int
+    censored: int
+    kept: int
+    positives: int
+
+    @property
+    def prevalence(self) -> float:
+        return self.positives / self.kept if self.kept else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "prevalence": self.prevalence}
+
+
+def _summaries(task: Task, timed: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per subject: death time, last event time, first outcome time, and `_tm`, the time
+    from which the subject has `min_history_events` events (birth and death not counted)."""
+    t = pl.col(S.TIME)
+    hist = ~pl.col(S.CODE).is_in([S.BIRTH_CODE, S.DEATH_CODE])
+    m = task.min_history_events
+    tm = t.filter(hist).min() if m == 1 else t.filter(hist).bottom_k(m).max()
+    return timed.group_by(S.SUBJECT_ID).agg(
+        t.filter(pl.col(S.CODE) == S.DEATH_CODE).min().alias("_death"),
+        t.max().alias("_last"),
+        pl.when(hist.sum() >= m).then(tm).alias("_tm"),
+        t.filter(match_codes(task.outcome_codes)).min().alias("_first"),
+    )
+
+
+def _candidates(task: Task, timed: pl.LazyFrame, subjects: pl.LazyFrame) -> pl.LazyFrame:
+    """Prediction times after eligibility (alive, enough history) and the per-subject draw, with
+    the subject's summary columns."""
+    pt = pl.col(S.PREDICTION_TIME)
+    if task.prediction_time == RANDOM_EVENT:
+        times = timed.filter(~pl.col(S.CODE).is_in([S.BIRTH_CODE, S.DEATH_CODE])).select(
+            S.SUBJECT_ID, pl.col(S.TIME).alias(S.PREDICTION_TIME)
+        )
+    else:
+        offset = pl.duration(microseconds=round(task.offset_days * US_PER_DAY))
+        times = timed.filter(match_codes(task.trigger_codes)).select(
+            S.SUBJECT_ID, (pl.col(S.TIME) + offset).alias(S.PREDICTION_TIME)
+        )
+    cands = times.join(subjects.select(S.SUBJECT_ID, "_tm", "_death"), on=S.SUBJECT_ID).filter(
+        (pt >= pl.col("_tm")) & (pl.col("_death").is_null() | (pl.col("_death") > pt))
+    )
+    if task.one_per_subject:  # the eligible time with the smallest key: uniform over distinct times
+        cands = (
+            cands.with_columns(_draw_key(task.seed, S.PREDICTION_TIME).alias("_key"))
+            .group_by(S.SUBJECT_ID)
+            .agg(pt.sort_by("_key").first())
+        )
+    else:
+        cands = cands.select(S.SUBJECT_ID, S.PREDICTION_TIME).unique()
+    return cands.join(subjects, on=S.SUBJECT_ID)
+
+
+def build_labels(
+    task: Task,
+    events: pl.LazyFrame | pl.DataFrame,
+    subject_ids: Iterable[int] | pl.Series | np.ndarray | None = None,
+    *,
+    return_report: bool = False,
+) -> pl.DataFrame | tuple[pl.DataFrame, LabelReport]:
+    """Labels of `task` on MEDS `events` (optionally only `subject_ids`), in the MEDS label schema.
+
+    Returns subject_id (int64), prediction_time (datetime[us]), boolean_value (bool), sorted by
+    subject then time; deterministic for the task seed. With `return_report`, also a LabelReport.
+    Vectorised polars (one grouped pass over the events, then joins on small frames); events need
+    not be sorted.
+    """
+    lf = events.lazy().select(S.SUBJECT_ID, S.TIME, S.CODE)
+    if subject_ids is not None:
+        if not isinstance(subject_ids, (pl.Series, np.ndarray)):
+            subject_ids = list(subject_ids)
+        ids = pl.Series(S.SUBJECT_ID, subject_ids, dtype=pl.Int64)
+        lf = lf.filter(pl.col(S.SUBJECT_ID).is_in(ids.implode()))
+    timed = lf.filter(pl.col(S.TIME).is_not_null()).with_columns(
+        pl.col(S.SUBJECT_ID).cast(pl.Int64), pl.col(S.TIME).cast(pl.Datetime("us"))
+    )
+    subjects = _summaries(task, timed).collect().lazy()  # reused twice below: compute once
+    cands = _candidates(task, timed, subjects)
+
+    pt = pl.col(S.PREDICTION_TIME)
+    end = pt + pl.duration(microseconds=round(task.horizon_days * US_PER_DAY))
+    outcome = timed.filter(match_codes(task.outcome_codes)).select(
+        S.SUBJECT_ID, pl.col(S.TIME).alias("_next")
+    )
+    rows = (
+        cands.sort(S.PREDICTION_TIME)
+        .join_asof(
+            outcome.unique().sort("_next"),
+            left_on=S.PREDICTION_TIME,
+            right_on="_next",
+            by=S.SUBJECT_ID,
+            strategy="forward",
+            allow_exact_matches=False,
+            check_sortedness=False,
+        )
+        .select(
+            S.SUBJECT_ID,
+            pt,
+            (pl.col("_next").is_not_null() & (pl.col("_next") <= end)).alias(S.BOOLEAN_VALUE),
+            ((pl.col("_first") <= pt).fill_null(False) & task.new_only).alias("_prior"),
+            (pl.col("_last") >= end).alias("_followed"),
+            (pl.col("_death").is_not_null() & (pl.col("_death") <= end)).alias("_died"),
+        )
+        .collect()
+    )
+    # Kept: record followed to the horizon, or the outcome (or death: a known negative) within it.
+    keep = ~pl.col("_prior") & (pl.col("_followed") | pl.col(S.BOOLEAN_VALUE) | pl.col("_died"))
+    labels = (
+        rows.filter(keep)
+        .select([pl.col(c).cast(t) for c, t in LABEL_SCHEMA.items()])
+        .sort(S.SUBJECT_ID, S.PREDICTION_TIME)
+    )
+    excluded = int(rows["_prior"].sum())
+    report = LabelReport(
+        task=task.name,
+        subjects=subjects.select(pl.len()).collect().item(),
+        candidates=rows.height,
+        excluded_new_only=excluded,
+        censored=rows.height - excluded - labels.height,
+        kept=labels.height,
+        positives=int(labels[S.BOOLEAN_VALUE].sum()),
+    )
+    log.info(
+        "task %s: %d candidates, %d excluded (new_only), %d censored, %d kept, %d positive",
+        task.name,
+        report.candidates,
+        report.excluded_new_only,
+        report.censored,
+        report.kept,
+        report.positives,
+    )
+    return (labels, report) if return_report else labels
+
+
+def label_dataset(
+    task: Task, dataset: MEDSDataset, split: str, *, return_report: bool = False
+) -> pl.DataFrame | tuple[pl.DataFrame, LabelReport]:
+    """Labels of `task` for the subjects of one split (train, tuning or held_out) of `dataset`."""
+    if split not in S.SPLITS:
+        raise ValueError(f"split: {split!r} is not one of {S.SPLITS}")
+    ids = dataset.subjects(split)
+    if ids.is_empty():
+        raise ValueError(f"split: {dataset.root} has no subjects in split {split!r}")
+    return build_labels(task, dataset.scan(), ids, return_report=return_report)

@@ -1,0 +1,84 @@
+"""The gate: thresholds over a report, wildcards, missing metrics, and the file the server reads."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from nightingale.evaluation.gate import Check, apply_gate, load_gate, parse_checks
+from nightingale.evaluation.report import gate_file, markdown, write_gate
+from nightingale.inference.gate import GateError, check_gate
+
+REPO = Path(__file__).resolve().parents[2]
+REPORT = {
+    "intrinsic": {"loss_vs_bigram": 0.8, "next_event_top_k": {"10": 0.9}},
+    "tasks": {
+        "death": {"model": {"auroc": 0.81, "ece": 0.02}},
+        "admission": {"model": {"auroc": 0.55, "ece": 0.2}},
+        "rare": {"model": {"ece": 0.01}},  # one class: no AUROC key
+    },
+}
+
+
+def test_thresholds_pass_and_fail_by_name():
+    checks = [Check("bigram", "intrinsic.loss_vs_bigram", max=0.95),
+              Check("top10", "intrinsic.next_event_top_k.10", min=0.95)]
+    g = apply_gate(REPORT, checks)
+    assert not g["passed"] and g["failed"] == ["top10"]
+    assert g["checks"]["bigram"]["status"] == "passed"
+    assert "outside >= 0.95" in g["checks"]["top10"]["why"]
+
+
+def test_wildcard_needs_every_match_and_skips_absent_keys():
+    g = apply_gate(REPORT, [Check("auroc", "tasks.*.model.auroc", min=0.6)])
+    vals = {v["metric"]: v["passed"] for v in g["checks"]["auroc"]["values"]}
+    assert vals == {"tasks.admission.model.auroc": False, "tasks.death.model.auroc": True}
+    assert g["failed"] == ["auroc"]
+    assert apply_gate(REPORT, [Check("auroc", "tasks.*.model.auroc", min=0.5)])["passed"]
+
+
+@pytest.mark.parametrize("value", [None, math.nan, "0.9", True])
+def test_missing_or_non_numeric_metric_fails_unless_optional(value):
+    report = {"a": {"b": value}}
+    g = apply_gate(report, [Check("x", "a.b", min=0.1)])
+    assert g["failed"] == ["x"] and g["checks"]["x"]["status"] == "failed"
+    g = apply_gate(report, [Check("x", "a.b", min=0.1, optional=True)])
+    assert g["passed"] and g["skipped"] == ["x"]
+    g = apply_gate({}, [Check("y", "nothing.here.*", max=1)])
+    assert g["failed"] == ["y"] and "no such metric" in g["checks"]["y"]["why"]
+
+
+def test_bad_gate_files_name_the_entry_and_field(tmp_path):
+    with pytest.raises(ValueError, match=r"checks\[0\]: unknown field\(s\) \['maximum'\]"):
+        parse_checks([{"name": "a", "metric": "m", "maximum": 1}], "g.yaml")
+    with pytest.raises(ValueError, match=r"checks\[0\]: gate check 'a': needs min or max"):
+        parse_checks([{"name": "a", "metric": "m"}], "g.yaml")
+    with pytest.raises(ValueError, match=r"checks\[1\].name: 'a' is used twice"):
+        parse_checks([{"name": "a", "metric": "m", "min": 0}, {"name": "a", "metric": "n", "min": 0}])
+    with pytest.raises(ValueError, match=r"checks\[0\].min: expected a number"):
+        parse_checks([{"name": "a", "metric": "m", "min": "high"}])
+    f = tmp_path / "gate.yaml"
+    f.write_text("thresholds: []\n")
+    with pytest.raises(ValueError, match=str(f)):
+        load_gate(f)
+
+
+def test_default_gate_file_loads():
+    checks = load_gate(REPO / "configs" / "gate" / "default.yaml")
+    assert {"beats_bigram", "task_discrimination", "cohort_privacy"} <= {c.name for c in checks}
+
+
+def test_the_server_reads_what_the_gate_writes(tmp_path):
+    report = {"gate": apply_gate(REPORT, [Check("auroc", "tasks.*.model.auroc", min=0.6)]),
+              "gate_file": "g.yaml", "model_dir": str(tmp_path), "evaluated_at": "now"}
+    write_gate(tmp_path, report)
+    with pytest.raises(GateError, match=r"failed the gate: \['auroc'\]"):
+        check_gate(tmp_path)
+    assert check_gate(tmp_path, allow_ungated=True)["failed"] == ["auroc"]
+    report["gate"] = apply_gate(REPORT, [Check("auroc", "tasks.*.model.auroc", min=0.5)])
+    write_gate(tmp_path, report)
+    assert check_gate(tmp_path)["passed"]
+    assert gate_file(report)["checks"]["auroc"]["status"] == "passed"
+    assert "Gate **PASSED**" in markdown(report)
