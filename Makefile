@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 NG := $(BIN)/nightingale
 RUN_DIR ?= runs/demo
-DEMO_SUBJECTS ?= 2000
+DEMO_SUBJECTS ?= 4000
 DEMO_PORT ?= 8765
 DEMO_KEY ?= demo-key-change-me
 # Installed once per pyproject.toml version; `make install` again after editing it.
@@ -38,11 +38,13 @@ demo: install
 	$(BIN)/python data_prep/prepare.py data=meds data.path=$(RUN_DIR)/meds out_dir=$(RUN_DIR)/prepared workers=2
 	OMP_NUM_THREADS=1 $(BIN)/torchrun --nproc_per_node=2 train/train.py train=demo \
 		data_dir=$(RUN_DIR)/prepared run_dir=$(RUN_DIR)/train
-	$(BIN)/python -m nightingale.training.baselines $(RUN_DIR)/train/model $(RUN_DIR)/prepared
-	@# No evaluation gate yet (issue 7): the dev config serves ungated, with a logged warning.
+	@# Evaluation and the gate: writes runs/demo/train/model/{evaluation/report.md,gate_report.json};
+	@# a failed gate stops the demo here (exit 1), and the server would refuse the model anyway.
+	VLLM_CACHE_ROOT=$(RUN_DIR)/vllm_cache $(BIN)/python eval/evaluate.py --config-name demo \
+		model_dir=$(RUN_DIR)/train/model data_dir=$(RUN_DIR)/prepared
 	NIGHTINGALE_API_KEYS="demo:$(DEMO_KEY):admin" VLLM_CACHE_ROOT=$(RUN_DIR)/vllm_cache \
-		$(BIN)/python serve/serve.py --config-name dev model_dir=$(RUN_DIR)/train/model port=$(DEMO_PORT) \
-		serve.audit_log=$(RUN_DIR)/audit.jsonl & server=$$!; \
+		$(BIN)/python serve/serve.py serve.model.model_dir=$(RUN_DIR)/train/model port=$(DEMO_PORT) \
+		serve.audit_log=$(RUN_DIR)/audit.jsonl serve.cohorts_dir=$(RUN_DIR)/cohorts & server=$$!; \
 	$(BIN)/python serve/query_demo.py --url http://127.0.0.1:$(DEMO_PORT) --key $(DEMO_KEY); rc=$$?; \
 	kill -TERM $$server; wait $$server; exit $$rc
 
