@@ -63,9 +63,9 @@ class SyntheticConfig:
     patients: int = 200
     max_new_tokens: int = 256
     par: bool = True
-    par_subjects: int = 300
-    par_epochs: int = 16
-    par_max_events: int = 64
+    par_subjects: int = 200
+    par_epochs: int = 128
+    par_max_events: int = 32
     top_codes: int = 100
     seed: int = 0
 
