@@ -2,7 +2,7 @@
 
     python eval/evaluate.py model_dir=runs/demo/train/model data_dir=runs/demo/prepared
     python eval/evaluate.py --config-name quick model_dir=... data_dir=...     # development / CI
-    python eval/evaluate.py ... tasks=configs/eval/tasks/mimic synthetic.enabled=false
+    python eval/evaluate.py ... task_dir=configs/eval/tasks/mimic synthetic.enabled=false
 
 Reads configs/eval/*.yaml and a gate (configs/gate/*.yaml). Writes <model_dir>/evaluation/
 (report.json, report.md, plots, predictions) and <model_dir>/gate_report.json, which the
@@ -34,7 +34,7 @@ def evaluate(cfg: DictConfig) -> int:
             raise ValueError(f"meds_dir: not given and {rep} does not exist to say where the MEDS data are")
         meds_dir = json.loads(rep.read_text())["meds_dir"]
     report = run_evaluation(
-        c["model_dir"], data_dir, meds_dir, tasks=c.get("tasks"), gate=c["gate"],
+        c["model_dir"], data_dir, meds_dir, tasks=c.get("task_dir"), gate=c["gate"],
         intrinsic=c.get("intrinsic"), zeroshot=c.get("zeroshot"), task_scoring=c.get("task_scoring"),
         synthetic=c.get("synthetic"), engine=c.get("engine"), progress=bool(c.get("progress", True)),
     )
