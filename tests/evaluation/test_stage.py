@@ -69,12 +69,16 @@ def test_trained_model_passes_the_size_independent_checks_random_weights_fail(mo
     assert set(report["gate"]["failed"]) <= {"task_discrimination", "task_calibration", "cohort_fidelity"}
     assert good.returncode == (0 if report["gate"]["passed"] else 1), good.stderr[-2000:]
 
-    bad = _evaluate(rand, root, tmp / "bad")
+    # Intrinsic checks only: no rollouts or cohort, so no engine start (the task checks then fail
+    # as "no such metric", which the gate must also treat as a failure).
+    bad = _evaluate(rand, root, tmp / "bad", "zeroshot.enabled=false", "synthetic.enabled=false")
     assert bad.returncode == 1, bad.stderr[-3000:]
     gate = json.loads((rand / "gate_report.json").read_text())
     assert not gate["passed"]
     assert {"beats_bigram", "next_event_precision_at_10"} <= set(gate["failed"])
     assert "[ failed] beats_bigram" in bad.stdout and "Gate FAILED" in bad.stdout
+    assert {"task_discrimination", "task_calibration"} <= set(gate["failed"])
+    assert {"cohort_decodes", "cohort_fidelity", "cohort_privacy"} <= set(gate["skipped"])
     with pytest.raises(GateError, match="beats_bigram"):
         check_gate(rand)
     rep = json.loads((rand / "evaluation" / "report.json").read_text())
