@@ -74,6 +74,19 @@ def static_codes(sex: str | None, extra: Iterable[str] = (), sex_prefix: str = "
     return out + [c for c in extra if c not in out]
 
 
+
+def _body_start(vocab: Vocabulary, tokens: np.ndarray, n_static: int, max_tokens: int) -> int:
+    """First body token kept so that static + age + body fit in `max_tokens`: the most recent
+    tokens, starting at an event (a code token), not inside one."""
+    room = max_tokens - n_static - 1
+    if room < 2:
+        raise ValueError(f"static: {n_static} static tokens leave no room in a {max_tokens}-token prompt")
+    if len(tokens) <= room:
+        return 0
+    start = len(tokens) - room
+    first_code = np.flatnonzero(vocab.kinds[tokens[start:]] == F.KIND_CODE)
+    return start + (int(first_code[0]) if len(first_code) else 0)
+
 def build_prompt(
     vocab: Vocabulary,
     events: Sequence[Event],
@@ -105,15 +118,7 @@ def build_prompt(
     assert len(tokens) and tokens[-1] == F.EOR_ID, "encode_events ends every subject with [EOR]"
     tokens, times = tokens[:-1], times[:-1]
     static = [int(t) for t in enc.static]
-    room = max_tokens - len(static) - 1
-    if room < 2:
-        raise ValueError(f"static: {len(static)} static tokens leave no room in a {max_tokens}-token prompt")
-    start = 0
-    if len(tokens) > room:
-        start = len(tokens) - room
-        kinds = vocab.kinds[tokens[start:]]
-        first_code = np.flatnonzero(kinds == F.KIND_CODE)  # start at an event, not inside one
-        start += int(first_code[0]) if len(first_code) else 0
+    start = _body_start(vocab, tokens, len(static), max_tokens)
     birth_us = None if birth is None else to_us(birth)
     age = vocab.age_token(birth_us, int(times[start]))
     codes = Counter({k: v for k, v in enc.report.items() if k.startswith("codes_")})
@@ -166,13 +171,6 @@ def corpus_prompt(corpus, vocab: Vocabulary, subject_id: int, time_us: int, max_
     if not (vocab.kinds[tokens] == F.KIND_CODE).any():
         raise ValueError(f"subject {subject_id}: no event at or before the prediction time")
     static = [int(t) for t in corpus.static_tokens(subject_id)]
-    room = max_tokens - len(static) - 1
-    if room < 2:
-        raise ValueError(f"static: {len(static)} static tokens leave no room in a {max_tokens}-token prompt")
-    start = 0
-    if len(tokens) > room:
-        start = len(tokens) - room
-        first_code = np.flatnonzero(vocab.kinds[tokens[start:]] == F.KIND_CODE)
-        start += int(first_code[0]) if len(first_code) else 0
+    start = _body_start(vocab, tokens, len(static), max_tokens)
     age = corpus.age_token(vocab, corpus.row(subject_id), int(times[start]))
     return Prompt(static + [age], [int(t) for t in tokens[start:]], int(times[-1]), Counter())
