@@ -138,7 +138,8 @@ def test_privacy_flags_a_copy_of_train_and_passes_an_independent_cohort(cohort):
     _json_ok(copy)
     _json_ok(indep)
     assert copy["mia/auc"] > 0.95
-    assert copy["dcr/synth_median"] < 1e-6 and copy["dcr/exact_match_share"] > 0.4
+    # every record of a copy is matched exactly, against the whole training set
+    assert copy["dcr/exact_match_share"] == 1.0 and copy["dcr/synth_median"] == 0.0
     assert copy["dcr/share_below_held_out_p05"] > 0.9
     assert copy["ngram/copy_share_synth"] > 0.99
     assert 0.35 < indep["mia/auc"] < 0.65
@@ -150,6 +151,17 @@ def test_privacy_flags_a_copy_of_train_and_passes_an_independent_cohort(cohort):
     assert indep["ngram/copy_share_synth"] < copy["ngram/copy_share_synth"] - 0.5
     assert abs(indep["ngram/copy_share_synth"] - indep["ngram/copy_share_held_out"]) < 0.2
     assert indep["ngram/eligible_synth"] > 100
+
+
+def test_privacy_compares_with_every_training_record_when_cohorts_are_subsampled(cohort):
+    """Subsampling the cohorts must not subsample the reference: a copied record is found
+    whichever synthetic records are drawn."""
+    train, held = cohort[S.TRAIN], cohort[S.HELD_OUT]
+    copy = privacy_report(train.filter(pl.col(S.SUBJECT_ID).is_in(
+        train[S.SUBJECT_ID].unique().sort().head(300).implode())), train, held, max_subjects=120, seed=5)
+    assert copy["n_synth"] == 120 and copy["n_train"] == 800 and copy["n_members"] == 120
+    assert copy["dcr/exact_match_share"] == 1.0
+    assert copy["dcr/share_below_held_out_p05"] == 1.0
 
 
 def _timelines(rows: dict[int, list[str]], static: bool = True) -> pl.DataFrame:

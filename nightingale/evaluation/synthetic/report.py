@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from nightingale import schema as S
 from nightingale.atomic import atomic_file
-from nightingale.evaluation.synthetic.events import EventsLike, load_events, subsample_subjects
+from nightingale.evaluation.synthetic.events import EventsLike, load_events
 from nightingale.evaluation.synthetic.fidelity import (
     events_per_subject,
     fidelity_report,
@@ -33,6 +33,7 @@ from nightingale.evaluation.synthetic.privacy import (
     DEFAULT_NGRAM_LENGTH,
     dcr_distances,
     privacy_report,
+    privacy_samples,
 )
 from nightingale.evaluation.synthetic.summary import fit_top_codes
 from nightingale.evaluation.synthetic.utility import utility_report
@@ -251,11 +252,8 @@ def plot_synthetic(
             title="Events per subject",
         ),
     }
-    sub = [
-        subsample_subjects(x, cfg.max_subjects, cfg.seed + k)
-        for k, x in enumerate((synth, train, held_out))
-    ]
-    dist = dcr_distances(*sub, top_codes=fit_top_codes(sub[1], cfg.top_codes))
+    q_synth, q_held, members = privacy_samples(synth, train, held_out, cfg.max_subjects, cfg.seed)
+    dist = dcr_distances(q_synth, train, q_held, top_codes=fit_top_codes(train, cfg.top_codes), members=members)
     paths["dcr"] = plot_histograms(
         {
             "synthetic -> train": dist["synth_to_train"],
