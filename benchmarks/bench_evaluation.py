@@ -1,14 +1,17 @@
-"""Evaluation wall time: ~1,000 held-out subjects x 3 simulator tasks x 20 rollouts, tiny preset.
+"""Evaluation wall time and rollouts needed: ~1,000 held-out subjects x 3 simulator tasks, tiny preset.
 
 Simulates a fresh cohort (`--subjects`, 10% held out) with the same simulator, encodes it with the
 demo model's own vocabulary (the prepare stage loads a vocabulary already in its out_dir), and runs
 the evaluation stage on a copy of the demo model: intrinsic metrics, the three simulator tasks
 (`--max-labels` predictions each, `--rollouts` rollouts), the supervised baseline and the oracle;
 no synthetic cohort (timed by the stage's report separately). Prints the stage's section timings,
-the total against the goal (600 s) and the AUROC of each task by number of rollouts.
+the total against the goal (600 s) and the AUROC of each task by number of rollouts (1, 2, 4, ...
+up to --rollouts) for both estimators, with the "rollouts needed" comparison: the probability
+estimator at 4 rollouts against the counting estimator at the most rollouts run.
 
     make demo        # the model
-    .venv/bin/python benchmarks/bench_evaluation.py --subjects 12000 --rollouts 20
+    .venv/bin/python benchmarks/bench_evaluation.py --subjects 12000 --rollouts 8    # wall time
+    .venv/bin/python benchmarks/bench_evaluation.py --subjects 12000 --rollouts 64   # rollouts needed
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def main() -> int:
     ap.add_argument("--model-dir", default="runs/demo/train/model")
     ap.add_argument("--vocab", default="runs/demo/prepared/vocab")
     ap.add_argument("--subjects", type=int, default=12000)
-    ap.add_argument("--rollouts", type=int, default=20)
+    ap.add_argument("--rollouts", type=int, default=8)
     ap.add_argument("--max-labels", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", help="keep the work folder here (default: a temporary one)")
@@ -83,6 +86,11 @@ def main() -> int:
         "auroc_by_rollouts": {n: t.get("auroc_by_rollouts") for n, t in tasks.items()},
         "gate_passed": rep["gate"]["passed"], "gate_failed": rep["gate"]["failed"],
     }
+    result["rollouts_needed"] = {
+        n: {"probability@4": (a := t.get("auroc_by_rollouts") or {}).get("probability", {}).get("4"),
+            f"count@{args.rollouts}": a.get("count", {}).get(str(args.rollouts)),
+            "labels_kept": t["labels"].get("kept"), "positives_kept": t["labels"].get("positives")}
+        for n, t in tasks.items()}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -82,7 +82,7 @@ def main() -> int:
     ap.add_argument("--meds", default="runs/demo/meds")
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--rollouts", type=int, default=32)
+    ap.add_argument("--rollouts", type=int, default=8, help="per request (the server default; 32 before the probability estimator)")
     ap.add_argument("--patients", type=int, default=200, help="distinct held-out patients to cycle through")
     args = ap.parse_args()
     for p in (args.model_dir, args.meds):

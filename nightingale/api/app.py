@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.routing import Match
 
@@ -33,6 +32,7 @@ from nightingale.api.jobs import CohortJobs, JobNotFound, JobsFull
 from nightingale.api.metrics import Metrics
 from nightingale.inference.engine import Engine, EngineError, EngineOverloaded
 from nightingale.inference.gate import check_gate
+from nightingale.model.folder import ModelDir
 
 log = logging.getLogger(__name__)
 UNAUDITED = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: no patient data, no key
@@ -194,6 +194,15 @@ def _register_handlers(app: FastAPI, st: ServerState) -> None:
     async def _scope(_: Request, e: ScopeError):
         return _error(403, str(e))
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError):
+        # Where and why only: the offending input is the caller's own (and may be patient data or
+        # a NaN that JSON cannot carry back).
+        errors = [{"loc": [str(p) if not isinstance(p, int) else p for p in err.get("loc", ())],
+                   "msg": str(err.get("msg", "invalid")), "type": str(err.get("type", "value_error"))}
+                  for err in e.errors()]
+        return _error(422, errors)
+
     @app.exception_handler(FieldError)
     async def _field(_: Request, e: FieldError):
         return _error(e.status, [{"loc": ["body", *e.loc], "msg": e.msg, "type": "value_error"}])
@@ -223,14 +232,6 @@ def _register_handlers(app: FastAPI, st: ServerState) -> None:
         return _error(500, "internal error")
 
 
-def _model_card(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "model_card.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
-        return {"error": "model_card.json is not valid JSON"}
-
-
 def build_app(cfg: ServeConfig) -> FastAPI:
     """The FastAPI app for `cfg` (nothing starts until the lifespan runs)."""
     from nightingale.api import routes
@@ -239,9 +240,9 @@ def build_app(cfg: ServeConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        model_dir = Path(cfg.model.model_dir)
-        st.gate = check_gate(model_dir, allow_ungated=cfg.allow_ungated)  # GateError: refuse to start
-        st.card = _model_card(model_dir)
+        model = ModelDir(cfg.model.model_dir)  # ModelDirError names a missing file: refuse to start
+        st.gate = check_gate(model, allow_ungated=cfg.allow_ungated)  # GateError: refuse to start
+        st.card = model.card
         st.audit = AuditLog(cfg.audit_log)
         st.jobs = CohortJobs(cfg.cohorts_dir, cfg.max_running_jobs, st.require_engine, st.sync_job_metrics)
         st._start_task = asyncio.create_task(st.start_engine())

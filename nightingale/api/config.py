@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nightingale.inference.engine import EngineConfig
+from nightingale.inference.forecast import ESTIMATORS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +33,10 @@ class ServeConfig:
     api_keys_env: variable with `id:key:scope+scope,...` entries (plain keys, hashed on load).
     audit_log: JSONL path. max_inflight: HTTP work requests (forecasts, next events, cohort
     submissions) allowed at once; more get 503 + Retry-After. default_rollouts: when a forecast
-    names none. small_count_threshold: population counts below it are suppressed.
+    names none. estimator: probability | count (inference/forecast.py), unless a request names
+    one. reserve_tokens: context kept free for a rollout (prompts are cut to the rest);
+    max_new_tokens: token budget per rollout. small_count_threshold: population counts below it
+    are suppressed.
     cohorts_dir: where cohort jobs write; max_running_jobs: cohort jobs generating at once
     (others wait queued). request_timeout_s: an engine call past it gets 504."""
 
@@ -44,8 +48,9 @@ class ServeConfig:
     limits: Limits = dataclasses.field(default_factory=Limits)
     max_inflight: int = 64
     retry_after_s: int = 5
-    default_rollouts: int = 64
-    chunk_tokens: int = 64
+    default_rollouts: int = 8
+    estimator: str = "probability"
+    reserve_tokens: int = 64
     max_new_tokens: int = 2048
     small_count_threshold: int = 10
     cohorts_dir: str = "runs/serve/cohorts"
@@ -55,12 +60,14 @@ class ServeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_inflight", "retry_after_s", "default_rollouts", "chunk_tokens", "max_new_tokens",
+        for name in ("max_inflight", "retry_after_s", "default_rollouts", "reserve_tokens", "max_new_tokens",
                      "max_running_jobs", "cohort_max_new_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"serve.{name}: must be >= 1, got {getattr(self, name)!r}")
         if self.small_count_threshold < 0:
             raise ValueError(f"serve.small_count_threshold: must be >= 0, got {self.small_count_threshold}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"serve.estimator: {self.estimator!r}; allowed {list(ESTIMATORS)}")
         if self.default_rollouts > self.limits.max_rollouts:
             raise ValueError("serve.default_rollouts: must not exceed limits.max_rollouts")
 

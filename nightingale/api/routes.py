@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
@@ -13,16 +12,15 @@ from nightingale.api import schemas as M
 from nightingale.api.app import FieldError, ServerState
 from nightingale.api.auth import ApiKey, presented_key
 from nightingale.inference.cohorts import CohortSpec, validate_spec
-from nightingale.inference.next_events import next_events
-from nightingale.inference.prompts import (
-    Event,
-    Prompt,
-    build_prompt,
-    resolve_outcome_codes,
-    static_codes,
+from nightingale.inference.forecast import (
+    ForecastConfig,
+    UnknownOutcomeCodes,
+    forecast,
+    outcome_token_ids,
 )
-from nightingale.inference.risk import outcome_hits, patient_risk, population_count
-from nightingale.inference.rollouts import RolloutConfig, sample_rollouts
+from nightingale.inference.next_events import next_events
+from nightingale.inference.prompts import Event, Prompt, build_prompt, static_codes, to_us
+from nightingale.inference.risk import population_count
 
 router = APIRouter()
 DAY_S = 86400.0
@@ -140,15 +138,22 @@ async def post_next_events(body: M.NextEventsRequest, request: Request, key: For
             for b in ne.time_to_next
         ],
         p_death_next=ne.p_death_next, p_end_of_record=ne.p_end_of_record, unresolved=ne.unresolved,
-        codes_resolved=dict(prompt.codes),
+        codes_resolved=dict(prompt.codes), events_reordered=body.patient.events_reordered,
     )
 
 
 # --- forecasts -------------------------------------------------------------------------------------
+def _lead_s(p: M.PatientIn, prompt: Prompt) -> float:
+    """Seconds from the last encoded event to the prediction time (0 without one)."""
+    return 0.0 if p.prediction_time is None else max(0.0, (to_us(p.prediction_time) - prompt.anchor_us) / 1e6)
+
+
 @router.post("/v1/forecasts", tags=["predict"], response_model=M.ForecastResponse, responses=AUTH_RESPONSES)
 async def post_forecasts(body: M.ForecastRequest, request: Request, key: ForecastKey):
-    """Per patient and outcome and horizon: the probability (share of rollouts) with a 95% Wilson
-    interval; per population: the expected count with a 95% interval, small counts suppressed."""
+    """Per patient, outcome and horizon: the probability that the outcome happens within the
+    horizon (counted from the prediction time) with a 95% Monte-Carlo interval, from the
+    forecasting core (nightingale.inference.forecast, the code the evaluation gates); per
+    population: the expected count with a 95% interval, small counts suppressed."""
     st = _state(request)
     lim = st.cfg.limits
     n = body.rollouts or st.cfg.default_rollouts
@@ -163,43 +168,51 @@ async def post_forecasts(body: M.ForecastRequest, request: Request, key: Forecas
     for loc, value, cap, name in checks:
         if value > cap:
             raise FieldError(loc, f"{value} is over the limit {cap} (limits.{name})")
+    seen: set[str] = set()
     for i, o in enumerate(body.outcomes):
         if len(o.codes) > lim.max_codes_per_outcome:
             raise FieldError(("outcomes", i, "codes"), f"{len(o.codes)} codes; at most {lim.max_codes_per_outcome}")
+        if o.name in seen:
+            raise FieldError(("outcomes", i, "name"), f"{o.name!r} is named twice; outcome names must be unique")
+        seen.add(o.name)
     for i, p in enumerate(body.patients):
         _check_patient(p, ("patients", i), st)
+    fcfg = ForecastConfig(estimator=body.estimator or st.cfg.estimator, rollouts=n,
+                          max_new_tokens=st.cfg.max_new_tokens, reserve_tokens=st.cfg.reserve_tokens,
+                          seed=st.cfg.seed if body.seed is None else body.seed)
     async with st.admission():
         engine = st.require_engine()
-        outcome_ids = []
-        for i, o in enumerate(body.outcomes):
-            found = resolve_outcome_codes(engine.vocab, o.codes)
-            for j, (code, ids) in enumerate(found.items()):
-                if not ids:
-                    raise FieldError(("outcomes", i, "codes", j), f"{code!r} matches no code the model can emit")
-            outcome_ids.append(sorted({t for ids in found.values() for t in ids}))
-        room = engine.max_model_len - st.cfg.chunk_tokens
+        try:
+            outcomes = outcome_token_ids(engine.vocab, {o.name: o.codes for o in body.outcomes}, strict=True)
+        except UnknownOutcomeCodes as e:
+            j = body.outcomes[e.index].codes.index(e.codes[0])
+            unknown = ", ".join(map(repr, e.codes))
+            raise FieldError(("outcomes", e.index, "codes", j), f"{unknown}: no code the model can emit matches") from None
+        room = engine.max_model_len - st.cfg.reserve_tokens
         prompts = [_prompt(p, ("patients", i), st, room) for i, p in enumerate(body.patients)]
-        cfg = RolloutConfig(n=n, horizon_s=max(body.horizons_days) * DAY_S, chunk_tokens=st.cfg.chunk_tokens,
-                            max_new_tokens=st.cfg.max_new_tokens, seed=st.cfg.seed if body.seed is None else body.seed)
-        rolls = await _timed(sample_rollouts(engine, prompts, cfg), st)
+        leads = [_lead_s(p, q) for p, q in zip(body.patients, prompts)]
+        fc = await _timed(forecast(engine, prompts, outcomes, [h * DAY_S for h in body.horizons_days], fcfg, leads), st)
     st.metrics.rollouts.inc(n * len(prompts))
-    patients, probs = [], np.zeros((len(prompts), len(body.outcomes), len(body.horizons_days)))
-    for i, (p, rs) in enumerate(zip(body.patients, rolls)):
+    patients = []
+    for i, p in enumerate(body.patients):
         risks = []
         for a, o in enumerate(body.outcomes):
             for b, h in enumerate(body.horizons_days):
-                est = patient_risk(outcome_hits(rs, outcome_ids[a], h * DAY_S), rs)
-                probs[i, a, b] = est.probability
+                est = fc.estimate(i, a, b)
                 risks.append(M.RiskOut(outcome=o.name, horizon_days=h, probability=est.probability, lower=est.lower,
-                                       upper=est.upper, rollouts=est.rollouts, truncated=est.truncated))
-        patients.append(M.PatientForecast(ref=p.ref, risks=risks, codes_resolved=dict(prompts[i].codes)))
+                                       upper=est.upper, rollouts=est.rollouts, truncated=est.truncated,
+                                       estimator=est.estimator))
+        patients.append(M.PatientForecast(ref=p.ref, risks=risks, codes_resolved=dict(prompts[i].codes),
+                                          events_reordered=p.events_reordered))
     population = []
     for a, o in enumerate(body.outcomes):
         for b, h in enumerate(body.horizons_days):
-            pe = population_count(probs[:, a, b], n, st.cfg.small_count_threshold)
+            ests = [fc.estimate(i, a, b) for i in range(len(prompts))]
+            pe = population_count([e.probability for e in ests], [e.variance for e in ests], st.cfg.small_count_threshold)
             population.append(M.PopulationOut(outcome=o.name, horizon_days=h, patients=pe.patients, expected_count=pe.expected,
                                               lower=pe.lower, upper=pe.upper, suppressed=pe.suppressed, threshold=pe.threshold))
-    return M.ForecastResponse(patients=patients, population=population, rollouts=n)
+    return M.ForecastResponse(patients=patients, population=population, rollouts=n, estimator=fcfg.estimator,
+                              interval=M.INTERVALS[fcfg.estimator])
 
 
 # --- cohorts ----------------------------------------------------------------------------------------

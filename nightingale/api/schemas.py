@@ -11,10 +11,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 Code = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S+$", description="A MEDS code, e.g. ICD10//I21.9")]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+def _utc(t: dt.datetime) -> dt.datetime:
+    """Naive UTC, the way prompts read event times (aware times are converted, naive ones kept)."""
+    return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo is not None else t
 
 
 class _In(BaseModel):
@@ -38,6 +43,29 @@ class PatientIn(_In):
     prediction_time: dt.datetime | None = Field(
         None, description="Only events at or before it are used; horizons count from the last of them"
     )
+    _reordered: bool = PrivateAttr(False)
+
+    @property
+    def events_reordered(self) -> bool:
+        """Whether the events arrived out of time order (they are sorted; the answer says so)."""
+        return self._reordered
+
+    @model_validator(mode="after")
+    def _timeline(self) -> PatientIn:
+        """A timeline that could have happened: born in the past, no event before birth, in order."""
+        if self.birth_date is not None:
+            today = dt.datetime.now(dt.UTC).date()
+            if self.birth_date > today:
+                raise ValueError(f"birth_date: {self.birth_date} is in the future (today is {today})")
+            for i, e in enumerate(self.events):
+                if _utc(e.time).date() < self.birth_date:
+                    raise ValueError(f"events[{i}].time: {e.time.isoformat()} is before birth_date {self.birth_date}")
+        times = [_utc(e.time) for e in self.events]
+        if any(b < a for a, b in zip(times, times[1:])):
+            order = sorted(range(len(times)), key=times.__getitem__)
+            self.events = [self.events[i] for i in order]
+            self._reordered = True
+        return self
 
 
 class NextEventsRequest(_In):
@@ -55,6 +83,9 @@ class ForecastRequest(_In):
     outcomes: list[OutcomeIn] = Field(min_length=1, max_length=100)
     horizons_days: list[Annotated[float, Field(gt=0, le=36525)]] = Field(min_length=1, max_length=20)
     rollouts: int | None = Field(None, ge=1, le=100_000, description="Monte-Carlo rollouts per patient")
+    estimator: Literal["probability", "count"] | None = Field(
+        None, description="probability: the model's own outcome probabilities summed along rollouts "
+        "(low variance, no ties); count: share of rollouts with the outcome. Default: the server's.")
     seed: Seed | None = None
 
 
@@ -88,22 +119,32 @@ class NextEventsResponse(BaseModel):
     p_end_of_record: float
     unresolved: float
     codes_resolved: dict[str, int]
+    events_reordered: bool = Field(False, description="The events arrived out of time order and were sorted")
+
+
+INTERVALS = {
+    "probability": "95% Student-t over rollouts, clipped to [0, 1], none with one rollout (patients); "
+                   "95% normal prediction interval (population)",
+    "count": "95% Wilson score (patients); 95% normal prediction interval (population)",
+}
 
 
 class RiskOut(BaseModel):
     outcome: str
-    horizon_days: float
+    horizon_days: float = Field(description="Counted from the prediction time (or the last event)")
     probability: float
-    lower: float
-    upper: float
-    rollouts: int
-    truncated: int
+    lower: float | None = Field(description="95% Monte-Carlo interval of the model's probability")
+    upper: float | None
+    rollouts: int = Field(description="Rollouts behind this figure")
+    truncated: int = Field(description="Rollouts that spent their token budget before the horizon")
+    estimator: Literal["probability", "count"]
 
 
 class PatientForecast(BaseModel):
     ref: str | None
     risks: list[RiskOut]
     codes_resolved: dict[str, int]
+    events_reordered: bool = Field(False, description="The events arrived out of time order and were sorted")
 
 
 class PopulationOut(BaseModel):
@@ -121,7 +162,8 @@ class ForecastResponse(BaseModel):
     patients: list[PatientForecast]
     population: list[PopulationOut]
     rollouts: int
-    interval: str = "95% Wilson score (patients); 95% normal prediction interval (population)"
+    estimator: Literal["probability", "count"]
+    interval: str
 
 
 class CohortJob(BaseModel):

@@ -35,7 +35,7 @@ from nightingale.evaluation.tasks import Task, label_dataset
 from nightingale.evaluation.zeroshot import ZeroShotConfig, auroc_by_rollouts, task_rollouts
 
 log = logging.getLogger(__name__)
-ROLLOUT_COUNTS = (1, 2, 5, 10, 20, 50, 100)
+ROLLOUT_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,12 +194,13 @@ class Harness:
                 continue
             p = r.probability
             entry["model"] = score(y, p, tcfg.bootstrap, tcfg.seed)
-            entry["model"]["truncated_rollout_share"] = float(r.truncated.mean())
+            entry["model"].update(estimator=r.estimator, rollouts=zcfg.rollouts,
+                                  truncated_rollout_share=float(r.truncated.mean()))
             if min(int(y.sum()), int(len(y) - y.sum())) >= tcfg.min_class:
                 entry["gate_metrics"] = {k: entry["model"].get(k) for k in ("auroc", "auprc", "brier", "ece")}
             else:
                 entry["gate_note"] = f"fewer than {tcfg.min_class} positive or negative labels: not gated"
-            entry["auroc_by_rollouts"] = auroc_by_rollouts(y, r.hits, ROLLOUT_COUNTS)
+            entry["auroc_by_rollouts"] = {e: auroc_by_rollouts(y, v, ROLLOUT_COUNTS) for e, v in r.values.items()}
             meds_predictions(r.labels, p).write_parquet(pred_dir / f"{name}.model.parquet")
             preds = {"model": p}
             if tcfg.baseline:

@@ -12,7 +12,6 @@ most likely events?".
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from nightingale.evaluation.metrics import top_k_accuracy
+from nightingale.model.folder import ModelDir
 from nightingale.tokenizer import families as F
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def evaluate_intrinsic(model_dir: str | Path, data_dir: str | Path, cfg: Intrins
     from nightingale.training.baselines import baseline_losses
     from nightingale.training.data import fixed_windows, load_prepared
 
-    ctx = json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"]
+    ctx = ModelDir(model_dir).context_length
     data = load_prepared(data_dir, ctx)
     if data.held_out is None or len(data.held_out) == 0:
         raise ValueError(f"{data_dir}: no held_out split to evaluate on")

@@ -21,7 +21,7 @@ import numpy as np
 
 from nightingale.atomic import write_json_atomic
 from nightingale.evaluation import plots as P
-from nightingale.inference.gate import GATE_FILE
+from nightingale.model.folder import GATE_FILE
 
 PREDICTORS = ("model", "baseline", "oracle")
 
@@ -41,12 +41,14 @@ def task_plots(name: str, entry: Mapping[str, Any], plot_dir: Path) -> dict[str,
             series[k] = (y[ok], p[ok])
         P.plot_roc(series, plot_dir / f"{name}_roc.png", title=f"{name}: ROC (held-out)")
         out["roc"] = f"plots/{name}_roc.png"
-    by = entry.get("auroc_by_rollouts") or {}
-    pts = {int(k): v for k, v in by.items() if v is not None and math.isfinite(v)}
-    if len(pts) > 1:
-        xs = sorted(pts)
-        P.plot_lines(xs, {"model": [pts[x] for x in xs]}, plot_dir / f"{name}_auroc_by_rollouts.png",
-                     xlabel="rollouts per prediction", ylabel="AUROC", title=f"{name}: AUROC by rollouts")
+    by = entry.get("auroc_by_rollouts") or {}  # estimator -> {rollouts: AUROC}
+    pts = {est: {int(k): v for k, v in curve.items() if v is not None and math.isfinite(v)}
+           for est, curve in by.items()}
+    xs = sorted(set().union(*pts.values())) if pts else []
+    if len(xs) > 1 and all(set(c) == set(xs) for c in pts.values()):
+        P.plot_lines(xs, {f"{est} estimator": [c[x] for x in xs] for est, c in pts.items()},
+                     plot_dir / f"{name}_auroc_by_rollouts.png", xlabel="rollouts per prediction",
+                     ylabel="AUROC", title=f"{name}: AUROC by rollouts")
         out["auroc_by_rollouts"] = f"plots/{name}_auroc_by_rollouts.png"
     return out
 
@@ -99,9 +101,9 @@ def markdown(report: Mapping[str, Any]) -> str:
         for name, t in tasks.items():
             if t.get("model_auroc_fraction_of_oracle") is not None:
                 lines.append(f"- {name}: model AUROC = {_f(t['model_auroc_fraction_of_oracle'])} of the oracle's")
-            by = t.get("auroc_by_rollouts")
-            if by:
-                lines.append(f"- {name}: AUROC by rollouts " + ", ".join(f"{k}: {_f(v)}" for k, v in by.items()))
+            for est, by in (t.get("auroc_by_rollouts") or {}).items():
+                lines.append(f"- {name}: AUROC by rollouts ({est} estimator) "
+                             + ", ".join(f"{k}: {_f(v)}" for k, v in by.items()))
             for kind, rel in t.get("plots", {}).items():
                 lines.append(f"\n![{name} {kind}]({rel})")
         lines.append("")

@@ -21,6 +21,7 @@ from nightingale.evaluation.intrinsic import IntrinsicConfig
 from nightingale.evaluation.report import task_plots, write_gate, write_outputs
 from nightingale.evaluation.tasks import load_tasks
 from nightingale.evaluation.zeroshot import ZeroShotConfig
+from nightingale.model.folder import ModelDir
 
 log = logging.getLogger(__name__)
 REPORT_DIR = "evaluation"
@@ -45,9 +46,7 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, meds_dir: str | 
                    intrinsic: Mapping[str, Any] | None = None, zeroshot: Mapping[str, Any] | None = None,
                    task_scoring: Mapping[str, Any] | None = None, synthetic: Mapping[str, Any] | None = None,
                    engine: Mapping[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"model_dir: {model_dir} has no config.json (an exported model folder)")
+    model_dir = ModelDir(model_dir).path  # refuses a folder without config, weights, tokenizer, vocabulary
     checks = load_gate(gate)  # a bad gate file fails before hours of evaluation
     icfg = _section(IntrinsicConfig, intrinsic, "intrinsic")
     zcfg = _section(ZeroShotConfig, zeroshot, "zeroshot")

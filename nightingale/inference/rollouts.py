@@ -1,26 +1,30 @@
 """Monte-Carlo rollouts: sampled continuations of patient timelines until a time horizon.
 
-A rollout ends at `MEDS_DEATH` (a vLLM stop token), at `[EOR]` when it is allowed, or when the
-time it has generated passes the horizon. vLLM has no "stop when the sum of these tokens' values
-passes X" rule, so the horizon is enforced by generating in chunks: every prompt is sampled `n`
-times for `chunk_tokens` tokens; each continuation's clock (the sum of its time-gap tokens, each
-worth the midpoint of its rung, the top rung exactly its length: the values `decode` uses) is
-checked; a continuation past the horizon is cut before the gap token that crossed it, and the
-others are resubmitted (prompt + what they generated so far, one request each) for another chunk.
-The chunk size trades wasted tokens past the horizon against round trips; with vLLM's prefix
-cache a resubmitted prompt costs little. A continuation longer than the context slides: the
-static + age prefix stays and the oldest body tokens go (the age token keeps the anchor's band).
+A rollout ends at `MEDS_DEATH` (a stop token), at `[EOR]` when it is allowed, or once the time it
+has generated passes the horizon. The horizon is enforced inside vLLM (`horizon.HorizonStop`):
+the n rollouts of a prompt are one engine request, each stops one time-gap token past the
+horizon (that token is kept: the step that sampled it was still inside the horizon, and the
+probability estimator reads the model's distribution at it), and nothing waits on rounds. A
+rollout's clock is the sum of its time-gap tokens' decoded values (`Vocabulary.gap_decode_s`).
+
+Only a rollout that runs out of context before its horizon (long horizons, long prompts) is
+continued in a further request: the static + age prefix stays, the oldest body tokens go (the
+age token keeps the anchor's band), and the horizon left is passed on. A rollout that spends
+`max_new_tokens` first ends as `max_tokens` (reported as truncated by the estimators).
 
 `[EOR]` ("the data stop here") is administrative censoring, not something that happens to a
 patient, so by default it is banned while sampling: risks are "within the horizon, had the record
 continued". Tokens that never occur inside a timeline ([PAD], [SOT], age bands, static codes,
-unknown codes) are banned too (see prompts.body_banned_ids).
+unknown codes) are banned too (see prompts.body_banned_ids). The log-probabilities returned
+(`tracked_ids`) are those of the distribution sampled from, bans included, so they stay
+normalised over the tokens that can occur.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,33 +40,48 @@ DEATH, END_OF_RECORD, HORIZON, MAX_TOKENS = "death", "end_of_record", "horizon",
 
 @dataclasses.dataclass
 class Rollout:
-    """One sampled future. tokens: generated ids inside the horizon (a final stop token kept);
-    elapsed_s: seconds since the anchor at each token; end: death | end_of_record | horizon |
-    max_tokens (the token budget ran out first: the outcome is unknown past that point)."""
+    """One sampled future.
+
+    tokens: generated ids, up to and including the time-gap token that crossed the horizon (or a
+    final death / end-of-record token); elapsed_s: seconds since the anchor *after* each token
+    (a code token happens at the elapsed time of the gap before it); end: death |
+    end_of_record | horizon | max_tokens (the token budget ran out first: the outcome is unknown
+    past that point); tracked_logprobs: per token, the log-probabilities of the tracked ids at
+    the step that sampled it (steps x tracked ids), when asked for.
+    """
 
     tokens: np.ndarray
     elapsed_s: np.ndarray
     end: str
+    tracked_logprobs: np.ndarray | None = None
+
+    @property
+    def step_clock_s(self) -> np.ndarray:
+        """Elapsed seconds *before* each step: the time at which a code sampled there happens."""
+        return np.r_[0.0, self.elapsed_s[:-1]] if len(self.elapsed_s) else np.zeros(0)
 
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-    """n: rollouts per patient; horizon_s: seconds; chunk_tokens: tokens per engine round;
-    max_new_tokens: token budget per rollout; temperature/top_p: sampling; seed: base seed
-    (rollouts are reproducible for the same seed, prompts and engine); allow_end_of_record:
-    let `[EOR]` end a rollout instead of banning it."""
+    """n: rollouts per prompt; horizon_s: seconds; max_new_tokens: token budget per rollout;
+    reserve_tokens: context kept free for generation (prompts are cut to the context minus it);
+    temperature/top_p: sampling (risk estimates need 1 and 1: the forecasting core pins them; other
+    values exist for tests of what truncation does); seed: base seed (reproducible for the same
+    seed, prompts and engine); allow_end_of_record: let `[EOR]` end a rollout instead of banning it;
+    tracked_ids: token ids whose log-probabilities are kept at every step."""
 
     n: int = 64
     horizon_s: float = 365.25 * 86400
-    chunk_tokens: int = 64
     max_new_tokens: int = 2048
+    reserve_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
     allow_end_of_record: bool = False
+    tracked_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("n", "chunk_tokens", "max_new_tokens"):
+        for name in ("n", "max_new_tokens", "reserve_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"RolloutConfig.{name}: must be >= 1, got {getattr(self, name)!r}")
         if not self.horizon_s > 0:
@@ -75,12 +94,23 @@ def _seed(base: int, *keys: int) -> int:
     return int(np.random.SeedSequence([base & 0xFFFFFFFF, *keys]).generate_state(1)[0])
 
 
+def prompt_key(ids: Sequence[int]) -> int:
+    """A stable key of a prompt's tokens: seeds follow the patient, not its place in a batch, so
+    the API and the evaluation draw the same rollouts for the same prompt and seed."""
+    return zlib.crc32(np.asarray(ids, dtype=np.int64).tobytes())
+
+
 @dataclasses.dataclass
 class _State:
     prompt: int
     tokens: list[int]
     elapsed: list[float]
+    logprobs: list[np.ndarray]
     end: str | None = None
+
+    @property
+    def clock(self) -> float:
+        return self.elapsed[-1] if self.elapsed else 0.0
 
 
 async def sample_rollouts(engine: Engine, prompts: Sequence[Prompt], cfg: RolloutConfig) -> list[list[Rollout]]:
@@ -88,41 +118,46 @@ async def sample_rollouts(engine: Engine, prompts: Sequence[Prompt], cfg: Rollou
     per prompt a list of n Rollouts, in a reproducible order."""
     vocab = engine.vocab
     death = vocab.code_to_id.get(S.DEATH_CODE)
-    stops = tuple(t for t in (death, F.EOR_ID if cfg.allow_end_of_record else None) if t is not None)
+    # [EOR] always stops: it is what HorizonStop forces, and otherwise banned unless allowed.
+    stops = tuple(t for t in (death, F.EOR_ID) if t is not None)
     banned = body_banned_ids(vocab) + (() if cfg.allow_end_of_record else (F.EOR_ID,))
     gap_s = vocab.gap_decode_s
-    chunk = min(cfg.chunk_tokens, cfg.max_new_tokens)
-    room = engine.max_model_len - chunk
-    states = [_State(i, [], []) for i in range(len(prompts)) for _ in range(cfg.n)]
+    room = engine.max_model_len - min(cfg.reserve_tokens, engine.max_model_len - 8)
+    states = [_State(i, [], [], []) for i in range(len(prompts)) for _ in range(cfg.n)]
 
-    def params(n: int, seed: int, left: int) -> Sampling:
+    def params(n: int, seed: int, window: int, st: _State) -> Sampling:
+        left = min(cfg.max_new_tokens - len(st.tokens), engine.max_model_len - window)
         return Sampling(
-            n=n, max_tokens=min(chunk, left), temperature=cfg.temperature, top_p=cfg.top_p,
-            seed=seed, stop_token_ids=stops, banned_token_ids=banned,
+            n=n, max_tokens=max(left, 1), temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
+            stop_token_ids=stops, banned_token_ids=banned, tracked_ids=cfg.tracked_ids,
+            horizon_s=cfg.horizon_s - st.clock,
         )
 
     def advance(st: _State, c) -> None:
         g = np.asarray(c.token_ids, dtype=np.int64)
-        t0 = st.elapsed[-1] if st.elapsed else 0.0
-        cum = t0 + np.cumsum(gap_s[g])
+        lp = c.tracked_logprobs
+        cum = st.clock + np.cumsum(gap_s[g])
         past = np.flatnonzero(cum > cfg.horizon_s)
-        if len(past):
-            k = int(past[0])
-            st.tokens += g[:k].tolist()
-            st.elapsed += cum[:k].tolist()
+        if len(past):  # keep the crossing gap token; drop the [EOR] the engine forced after it
+            g, cum = g[: past[0] + 1], cum[: past[0] + 1]
             st.end = HORIZON
-            return
+        elif len(g) and int(g[-1]) == F.EOR_ID and not cfg.allow_end_of_record:
+            g, cum = g[:-1], cum[:-1]  # forced by HorizonStop (a banned token comes from nowhere else)
+            st.end = HORIZON
+        elif len(g) and int(g[-1]) in stops:
+            st.end = DEATH if int(g[-1]) == death else END_OF_RECORD
         st.tokens += g.tolist()
         st.elapsed += cum.tolist()
-        if len(g) and int(g[-1]) in stops:
-            st.end = DEATH if int(g[-1]) == death else END_OF_RECORD
-        elif len(st.tokens) >= cfg.max_new_tokens:
+        if cfg.tracked_ids:
+            st.logprobs.append(lp[: len(g)] if lp is not None else np.full((len(g), len(cfg.tracked_ids)), -np.inf))
+        if st.end is None and len(st.tokens) >= cfg.max_new_tokens:
             st.end = MAX_TOKENS
 
-    # Round 0: one request per prompt with n continuations (the prompt is processed once).
+    # One request per prompt with n continuations: the prompt is prefilled once (prefix cache).
+    windows = [p.window(room=room) for p in prompts]
     first = await engine.sample(
-        [p.window(room=room) for p in prompts],
-        [params(cfg.n, _seed(cfg.seed, i), cfg.max_new_tokens) for i in range(len(prompts))],
+        windows,
+        [params(cfg.n, _seed(cfg.seed, prompt_key(w)), len(w), states[i * cfg.n]) for i, w in enumerate(windows)],
     )
     for i, comps in enumerate(first):
         if len(comps) != cfg.n:
@@ -131,17 +166,20 @@ async def sample_rollouts(engine: Engine, prompts: Sequence[Prompt], cfg: Rollou
             advance(states[i * cfg.n + j], c)
     rnd = 0
     while active := [k for k, st in enumerate(states) if st.end is None]:
-        rnd += 1
+        rnd += 1  # only rollouts that ran out of context before their horizon
+        wins = [prompts[states[k].prompt].window(states[k].tokens, room=room) for k in active]
         outs = await engine.sample(
-            [prompts[states[k].prompt].window(states[k].tokens, room=room) for k in active],
-            [params(1, _seed(cfg.seed, states[k].prompt, k, rnd), cfg.max_new_tokens - len(states[k].tokens)) for k in active],
+            wins, [params(1, _seed(cfg.seed, prompt_key(w), k % cfg.n, rnd), len(w), states[k]) for k, w in zip(active, wins)],
         )
         for k, comps in zip(active, outs):
             advance(states[k], comps[0])
-    log.debug("rollouts: %d prompts x %d in %d extra rounds", len(prompts), cfg.n, rnd)
+    if rnd:
+        log.debug("rollouts: %d prompts x %d, %d continuation rounds", len(prompts), cfg.n, rnd)
     out: list[list[Rollout]] = [[] for _ in prompts]
+    width = len(cfg.tracked_ids)
     for st in states:
+        lp = (np.concatenate(st.logprobs) if st.logprobs else np.zeros((0, width))) if width else None
         out[st.prompt].append(
-            Rollout(np.asarray(st.tokens, np.int64), np.asarray(st.elapsed, np.float64), st.end or MAX_TOKENS)
+            Rollout(np.asarray(st.tokens, np.int64), np.asarray(st.elapsed, np.float64), st.end or MAX_TOKENS, lp)
         )
     return out

@@ -100,15 +100,15 @@ def model_loss(model, windows: np.ndarray, batch_size: int = 16) -> float:
 def compare(model_dir: str, data_dir: str, context_length: int | None = None) -> dict[str, float]:
     """Held-out loss of an exported model next to the unigram and bigram baselines, all on every
     window of the held-out split of the prepared corpus `data_dir` (nats/token)."""
-    import json
-    from pathlib import Path
 
     from transformers import AutoModelForCausalLM
 
     from nightingale.training.data import fixed_windows, load_prepared
 
     if context_length is None:
-        context_length = json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"]
+        from nightingale.model.folder import ModelDir
+
+        context_length = ModelDir(model_dir).context_length
     data = load_prepared(data_dir, context_length)
     if data.held_out is None:
         raise ValueError(f"{data_dir}: no held_out split to compare on")

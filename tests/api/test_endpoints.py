@@ -69,19 +69,27 @@ def test_next_events_happy_path(forecaster):
     assert trig["events"][0]["code"] == S.DEATH_CODE and trig["p_death_next"] > 0.999
 
 
-def test_forecast_impossible_and_certain(forecaster):
-    r = forecaster.post("/v1/forecasts", json=forecast_body([patient("a"), patient("b", last=TRIGGER_CODE)]))
+@pytest.mark.parametrize("estimator", ["probability", "count"])
+def test_forecast_impossible_and_certain(forecaster, estimator):
+    r = forecaster.post("/v1/forecasts", json=forecast_body([patient("a"), patient("b", last=TRIGGER_CODE)],
+                                                            estimator=estimator))
     assert r.status_code == 200, r.text
     out = r.json()
-    assert out["rollouts"] == 32 and [p["ref"] for p in out["patients"]] == ["a", "b"]
+    assert out["rollouts"] == 32 and out["estimator"] == estimator and [p["ref"] for p in out["patients"]] == ["a", "b"]
     risks = {(p["ref"], x["outcome"], x["horizon_days"]): x for p in out["patients"] for x in p["risks"]}
+    assert all(x["estimator"] == estimator and x["rollouts"] == 32 for x in risks.values())
     for ref in ("a", "b"):
         for h in (90, 365):
             never = risks[(ref, "never", h)]
-            assert never["probability"] == 0.0 and never["lower"] == 0.0 and 0 < never["upper"] < 0.11
+            assert never["probability"] == 0.0 and never["lower"] == 0.0
+            if estimator == "count":  # 0 of 32 sampled: Wilson's upper bound stays open
+                assert 0 < never["upper"] < 0.11
+            else:  # the model's own probability is ~0 at every step of every rollout
+                assert never["upper"] < 1e-6
     for h in (90, 365):
         certain = risks[("b", "death", h)]
-        assert certain["probability"] == 1.0 and certain["upper"] == 1.0 and certain["lower"] > 0.89
+        assert certain["probability"] == pytest.approx(1.0, abs=1e-6) and certain["upper"] == pytest.approx(1.0)
+        assert certain["lower"] > 0.89
     # Monotone in the horizon (the same rollouts, read at two horizons).
     for o in ("death", "cardiac"):
         assert risks[("a", o, 90)]["probability"] <= risks[("a", o, 365)]["probability"]

@@ -10,6 +10,7 @@ import pytest
 from nightingale.evaluation.gate import Check, apply_gate, load_gate, parse_checks
 from nightingale.evaluation.report import gate_file, markdown, write_gate
 from nightingale.inference.gate import GateError, check_gate
+from nightingale.model.folder import REQUIRED_FILES
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT = {
@@ -71,6 +72,8 @@ def test_default_gate_file_loads():
 
 
 def test_the_server_reads_what_the_gate_writes(tmp_path):
+    for name in REQUIRED_FILES:  # an exported model folder's files (the gate check reads none)
+        (tmp_path / name).write_text("{}")
     report = {"gate": apply_gate(REPORT, [Check("auroc", "tasks.*.model.auroc", min=0.6)]),
               "gate_file": "g.yaml", "model_dir": str(tmp_path), "evaluated_at": "now"}
     write_gate(tmp_path, report)

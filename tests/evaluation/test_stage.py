@@ -119,4 +119,9 @@ def test_bad_inputs_exit_2_and_leave_no_report(models, tmp_path):
     after = (trained / "gate_report.json").read_bytes() if (trained / "gate_report.json").exists() else None
     assert before == after
     r = _evaluate(tmp_path / "nope", root, tmp_path)
-    assert r.returncode == 2 and "has no config.json" in r.stderr + r.stdout
+    assert r.returncode == 2 and "is not a folder" in r.stderr + r.stdout
+    broken = tmp_path / "no_tokenizer"
+    shutil.copytree(trained, broken)
+    (broken / "tokenizer.json").unlink()
+    r = _evaluate(broken, root, tmp_path)
+    assert r.returncode == 2 and "has no tokenizer.json" in r.stderr + r.stdout

@@ -17,9 +17,9 @@ from nightingale import schema as S
 from nightingale.data.validate import validate_meds
 from nightingale.inference.cohorts import CohortSpec, generate_cohort
 from nightingale.inference.engine import Sampling
+from nightingale.inference.forecast import ForecastConfig, forecast, outcome_token_ids
 from nightingale.inference.next_events import next_events
 from nightingale.inference.prompts import Event, body_banned_ids, build_prompt
-from nightingale.inference.risk import outcome_hits, patient_risk
 from nightingale.inference.rollouts import DEATH, HORIZON, RolloutConfig, sample_rollouts
 from nightingale.tokenizer import families as F
 from tests.inference.harness import NEVER_CODE, TRIGGER_CODE
@@ -61,34 +61,54 @@ def test_sample_n_stops_and_bans(server, engine, vocab):
     assert all(c.token_ids == [death] for c in trig[0])
 
 
-def test_rollouts_stop_at_horizon_and_are_reproducible(server, engine, vocab):
+def test_rollouts_stop_at_horizon_inside_the_engine(server, engine, vocab):
+    """One engine request per prompt (n rollouts in it), each rollout ending at death or one
+    time-gap token past the horizon, and the same rollouts again for the same seed."""
     p = [prompt(vocab), prompt(vocab, "ICD10//I21.9")]
-    cfg = RolloutConfig(n=12, horizon_s=2 * YEAR_S, chunk_tokens=16, max_new_tokens=400, seed=5)
+    # half a year fits the context of the tiny test model (its timelines are dense)
+    cfg = RolloutConfig(n=12, horizon_s=0.5 * YEAR_S, max_new_tokens=400, seed=5)
+    before = engine.requests
     rolls = server.run(sample_rollouts(engine, p, cfg))
+    assert engine.requests - before == 2, "n rollouts of a prompt are one request, with no rounds"
     assert [len(r) for r in rolls] == [12, 12]
     flat = [r for rs in rolls for r in rs]
-    assert all(r.end in (HORIZON, DEATH, "max_tokens") for r in flat)
+    assert all(r.end in (HORIZON, DEATH) for r in flat)
     assert all(len(r.elapsed_s) == len(r.tokens) for r in flat)
-    assert all(len(r.elapsed_s) == 0 or r.elapsed_s.max() <= cfg.horizon_s for r in flat)
-    assert any(len(r.tokens) > cfg.chunk_tokens for r in flat), "continued across chunks"
-    assert not any(F.EOR_ID in r.tokens for r in flat), "[EOR] is banned by default"
     for r in flat:
-        if r.end == HORIZON:  # the cut token is a gap that would cross the horizon
-            assert len(r.tokens) < cfg.max_new_tokens
+        inside = r.elapsed_s <= cfg.horizon_s
+        if r.end == HORIZON:  # exactly one token past the horizon: the gap that crossed it
+            assert inside[:-1].all() and not inside[-1] and vocab.kinds[r.tokens[-1]] == F.KIND_TIME_GAP
+        else:
+            assert inside.all() and r.tokens[-1] == vocab.code_to_id[S.DEATH_CODE]
+    assert not any(F.EOR_ID in r.tokens for r in flat), "[EOR] is banned, and the forced one is dropped"
     again = server.run(sample_rollouts(engine, p, cfg))
     assert all(np.array_equal(a.tokens, b.tokens) for a, b in zip(flat, [r for rs in again for r in rs]))
 
 
+def test_rollouts_continue_past_the_context(server, engine, vocab):
+    """A horizon the context cannot hold: the rollout is continued in further requests (sliding
+    window) and still ends at death or the horizon, never at the token budget."""
+    cfg = RolloutConfig(n=4, horizon_s=8 * YEAR_S, max_new_tokens=4000, seed=2, reserve_tokens=32)
+    rolls = server.run(sample_rollouts(engine, [prompt(vocab)], cfg))[0]
+    assert all(r.end in (HORIZON, DEATH) for r in rolls)
+    assert any(len(r.tokens) > engine.max_model_len for r in rolls) or all(r.end == DEATH for r in rolls)
+
+
 def test_forecast_impossible_zero_certain_one(server, engine, vocab):
-    """NEVER_CODE can never be emitted -> exactly 0 of n rollouts; after TRIGGER_CODE death is the
-    next token in every rollout -> n of n."""
-    cfg = RolloutConfig(n=32, horizon_s=YEAR_S, chunk_tokens=32, max_new_tokens=300, seed=0)
-    rolls = server.run(sample_rollouts(engine, [prompt(vocab), prompt(vocab, TRIGGER_CODE)], cfg))
-    never = patient_risk(outcome_hits(rolls[0], [vocab.code_to_id[NEVER_CODE]], YEAR_S), rolls[0])
-    assert never.events == 0 and never.probability == 0.0 and never.upper < 0.11
-    certain = patient_risk(outcome_hits(rolls[1], [vocab.code_to_id[S.DEATH_CODE]], YEAR_S), rolls[1])
-    assert certain.probability == 1.0 and certain.lower > 0.89
-    assert all(r.end == DEATH and len(r.tokens) == 1 for r in rolls[1])
+    """NEVER_CODE can never be emitted -> 0 with both estimators; after TRIGGER_CODE death is the
+    next token with probability ~1 -> 1 with both."""
+    outcomes = outcome_token_ids(vocab, {"never": [NEVER_CODE], "death": [S.DEATH_CODE]}, strict=True)
+    fc = server.run(forecast(engine, [prompt(vocab), prompt(vocab, TRIGGER_CODE)], outcomes, [YEAR_S],
+                             ForecastConfig(rollouts=16, seed=0)))
+    for est in ("count", "probability"):
+        risk = fc.risk(est)
+        assert risk[0, 0, 0] == 0.0 and risk[1, 0, 0] == 0.0  # never
+        assert risk[1, 1, 0] == pytest.approx(1.0, abs=1e-4)  # certain death
+    assert fc.estimate(1, 1, 0).lower > 0.99
+    never = fc.estimate(0, 0, 0)
+    assert never.probability == 0.0 and never.upper == 0.0 and never.estimator == "probability"
+    # the probability estimator is continuous: patients tied at 0/n by counting get distinct values
+    assert 0.0 < fc.risk("probability")[0, 1, 0] < 1.0
 
 
 def test_next_events_distribution(server, engine, vocab):

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from nightingale.inference.engine import resolve_dtype
+from nightingale.inference.forecast import Forecast, ForecastConfig, rollout_values
 from nightingale.inference.gate import GateError, check_gate
 from nightingale.inference.prompts import Event, build_prompt, resolve_outcome_codes
-from nightingale.inference.risk import outcome_hits, population_count, wilson_interval
+from nightingale.inference.risk import population_count, t_interval, wilson_interval
 from nightingale.inference.rollouts import Rollout
+from nightingale.model.folder import REQUIRED_FILES, ModelDir, ModelDirError
 from nightingale.tokenizer import families as F
 from tests.tokenizer.conftest import tiny_meds, tiny_vocab  # noqa: F401
 
@@ -31,23 +33,80 @@ def test_wilson_interval_properties():
 
 
 def test_population_count_interval_and_suppression():
-    est = population_count([0.5] * 100, 64, threshold=10)
+    est = population_count([0.5] * 100, [0.25 / 64] * 100, threshold=10)
     assert est.expected == 50.0 and not est.suppressed
-    # variance = 100 * 0.25 * (1 + 1/64) -> half width 1.96 * 5.04
+    # variance = 100 * 0.25 (outcomes) + 100 * 0.25/64 (Monte Carlo) -> half width 1.96 * 5.039
     assert est.lower == pytest.approx(50 - 1.96 * 5.039, abs=0.05)
-    small = population_count([0.05] * 100, 64, threshold=10)  # expected 5 < 10
+    exact = population_count([0.5] * 100, threshold=10)
+    assert exact.upper - exact.lower < est.upper - est.lower
+    small = population_count([0.05] * 100, threshold=10)  # expected 5 < 10
     assert small.suppressed and small.expected is None and small.lower is None
-    assert population_count([0.05] * 100, 64, threshold=0).expected == 5.0
+    assert population_count([0.05] * 100, threshold=0).expected == 5.0
 
 
-def test_outcome_hits_respect_horizon():
-    r = [Rollout(np.array([5, 7, 9]), np.array([0.0, 10.0, 100.0]), "horizon")]
-    assert outcome_hits(r, [9], 100.0).tolist() == [True]
-    assert outcome_hits(r, [9], 99.0).tolist() == [False]
-    assert outcome_hits(r, [4], 1e9).tolist() == [False]
+def test_t_interval_contains_the_mean_and_needs_two_values():
+    lo, hi = t_interval([0.1, 0.2, 0.3, 0.2])
+    assert lo < 0.2 < hi and hi - lo == pytest.approx(2 * 3.182 * 0.0816 / 2, abs=1e-3)
+    assert t_interval([0.0] * 8) == (0.0, 0.0) and t_interval([0.3]) == (None, None)
+
+
+# tokens: gap(10 s), A, gap(20 s), O (the outcome), gap(100 s); the model's probability of O at
+# each step is HAZARD. Step clocks (the time a code sampled there happens): 0, 10, 10, 30, 30.
+GAP_TOKENS = np.array([101, 5, 102, 9, 103])
+ELAPSED = np.array([10.0, 10.0, 30.0, 30.0, 130.0])
+HAZARD = np.array([0.1, 0.2, 0.05, 0.3, 0.4])
+
+
+@pytest.mark.parametrize(("lead", "horizon", "count", "prob"), [
+    (0.0, 100.0, 1.0, 0.65),   # every step inside; O sampled at step 3: sum up to and including it
+    (0.0, 20.0, 0.0, 0.35),    # steps 0-2 inside (clock <= 20); O at 30 s is outside
+    (0.0, 5.0, 0.0, 0.1),      # only the first step
+    (10.0, 15.0, 0.0, 0.25),   # window [10, 25] s: steps 1 and 2
+    (10.0, 30.0, 1.0, 0.55),   # window [10, 40] s: steps 1-3, O inside
+])
+def test_rollout_values_window_and_sums(lead, horizon, count, prob):
+    r = Rollout(GAP_TOKENS, ELAPSED, "horizon", np.log(HAZARD)[:, None])
+    c, p = rollout_values(r, np.array([9]), np.array([0]), lead, np.array([horizon]))
+    assert c.tolist() == [count] and p[0] == pytest.approx(prob)
+    c2, p2 = rollout_values(r, np.array([9]), None, lead, np.array([horizon]))  # untracked: counting
+    assert c2.tolist() == p2.tolist() == [count]
+
+
+def test_forecast_estimates_and_intervals():
+    v = np.zeros((1, 1, 1, 4))
+    fc = Forecast(["o"], np.array([1.0]), v.copy(), v.copy(), np.zeros(1), "probability")
+    fc.probability[0, 0, 0] = [0.1, 0.2, 0.3, 0.2]
+    fc.count[0, 0, 0] = [0, 1, 0, 0]
+    est = fc.estimate(0, 0, 0)
+    assert est.probability == pytest.approx(0.2) and est.estimator == "probability" and est.lower < 0.2 < est.upper
+    fc.estimator = "count"
+    est = fc.estimate(0, 0, 0)
+    assert est.probability == 0.25 and (est.lower, est.upper) == wilson_interval(1, 4)
+    with pytest.raises(ValueError, match="estimator"):
+        ForecastConfig(estimator="vibes")
+
+
+def model_folder(path):
+    """A folder with the files an exported model must hold (contents unread by the gate check)."""
+    for name in REQUIRED_FILES:
+        (path / name).write_text("{}")
+    return path
+
+
+def test_model_dir_names_the_missing_file(tmp_path):
+    model_folder(tmp_path)
+    ModelDir(tmp_path)
+    for name in ("tokenizer.json", "vocabulary.json", "config.json"):
+        (tmp_path / name).unlink()
+        with pytest.raises(ModelDirError, match=f"has no {name}"):
+            ModelDir(tmp_path)
+        with pytest.raises(ModelDirError, match=name):
+            check_gate(tmp_path, allow_ungated=True)  # the server refuses before the engine starts
+        (tmp_path / name).write_text("{}")
 
 
 def test_gate_refuses_without_passing_report(tmp_path, caplog):
+    model_folder(tmp_path)
     with pytest.raises(GateError, match="no gate report"):
         check_gate(tmp_path)
     (tmp_path / "gate_report.json").write_text(json.dumps({"passed": False, "failed": ["calibration"]}))
