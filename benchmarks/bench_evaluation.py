@@ -11,7 +11,8 @@ estimator at 4 rollouts against the counting estimator at the most rollouts run.
 
     make demo        # the model
     .venv/bin/python benchmarks/bench_evaluation.py --subjects 12000 --rollouts 8    # wall time
-    .venv/bin/python benchmarks/bench_evaluation.py --subjects 12000 --rollouts 64   # rollouts needed
+    .venv/bin/python benchmarks/bench_evaluation.py --subjects 12000 --rollouts 64 \
+        --tasks configs/eval/tasks/simulator/mortality_1y.yaml                      # rollouts needed
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main() -> int:
     ap.add_argument("--rollouts", type=int, default=8)
     ap.add_argument("--max-labels", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--tasks", default="configs/eval/tasks/simulator",
+                    help="a folder of task YAMLs or one task file (e.g. .../mortality_1y.yaml)")
     ap.add_argument("--keep", help="keep the work folder here (default: a temporary one)")
     args = ap.parse_args()
     for p in (args.model_dir, args.vocab):
@@ -68,6 +71,7 @@ def main() -> int:
         r = subprocess.run([py, "eval/evaluate.py", f"model_dir={model}", f"data_dir={work / 'prep'}",
                             f"meds_dir={work / 'meds'}", "synthetic.enabled=false", "progress=false",
                             f"zeroshot.rollouts={args.rollouts}", f"task_scoring.max_labels={args.max_labels}",
+                            f"task_dir={REPO / args.tasks}",
                             f"hydra.run.dir={work / 'hydra'}"], cwd=REPO, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if r.returncode not in (0, 1):

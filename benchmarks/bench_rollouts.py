@@ -6,9 +6,11 @@ stopping at death or the horizon, the probability estimator for death within the
 
 (a) `nightingale.inference.forecast.forecast` on the vLLM engine (what the API and the evaluation
     run: one request per prompt, the horizon stopped inside the engine);
-(b) transformers `generate` with a KV cache, batched, the same bans (a LogitsProcessor), the same
-    stops (a StoppingCriteria that reads each sequence's clock from its time-gap tokens), the same
-    estimator computed from the scores it returns.
+(b) transformers `generate` with a KV cache, batched, the same bans and the same horizon rule (a
+    LogitsProcessor that reads each sequence's clock from its time-gap tokens and merges the gaps
+    that would pass the horizon into [EOR], as horizon.HorizonStop does in vLLM), the same stops
+    (a StoppingCriteria: death or [EOR]), the same estimator computed from the scores it returns.
+    A row that fills the context stops there (truncated; the vLLM path continues it instead).
 
 Prints patient-rollouts/s, tokens/s, the share of generated tokens past the horizon and the
 vLLM/transformers ratio (goals: >= 10x on a 2-core CPU, <= 2% past the horizon), and the mean
@@ -74,13 +76,12 @@ def bench_vllm(model_dir: Path, prompts, outcomes, horizon_s: float, rollouts: i
         fc = await forecast(engine, prompts, outcomes, [horizon_s], cfg)
         secs = time.perf_counter() - t0
         generated = engine.tokens_generated - gen0
-        forced_ends = generated - fc.tokens  # the [EOR] the engine forces after a crossing gap
-        engine.shutdown()
+        await engine.aclose()
         return {
             "engine_start_s": round(start_s, 1), "seconds": round(secs, 2),
             "patient_rollouts_per_s": round(len(prompts) * rollouts / secs, 1),
             "tokens": generated, "tokens_per_s": round(generated / secs, 1),
-            "past_horizon_share": round((fc.tokens_past_horizon + forced_ends) / max(generated, 1), 4),
+            "past_horizon_share": round(fc.tokens_past_horizon / max(generated, 1), 4),
             "requests": engine.requests - req0, "truncated_share": round(float(fc.truncated.mean()), 4),
             "mean_risk": round(float(fc.risk().mean()), 5),
         }
@@ -99,23 +100,33 @@ def bench_hf(model_dir: Path, prompts, vocab, death_ids, horizon_s: float, rollo
     banned = torch.tensor(body_banned_ids(vocab) + (F.EOR_ID,))
     death = int(death_ids[0])
 
-    class Ban(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            scores[:, banned] = -float("inf")
-            return scores
+    width_v = len(vocab.gap_decode_s)
 
-    class HorizonOrDeath(StoppingCriteria):
-        """Per sequence: its clock (sum of generated gap values) passed the horizon, or death."""
+    class BanAndHorizon(LogitsProcessor):
+        """The bans, then HorizonStop's rule: gaps that would pass the horizon merge into [EOR]."""
 
         def __init__(self, start: int):
             self.start = start
 
-        def __call__(self, input_ids, scores, **kw):
-            gen = input_ids[:, self.start:]
-            clock = gap_s[gen].sum(dim=1)
-            return (clock > horizon_s) | (gen[:, -1] == death)
+        def __call__(self, input_ids, scores):
+            scores[:, banned] = -float("inf")
+            room = horizon_s - gap_s[input_ids[:, self.start:]].sum(dim=1)
+            crossing = torch.zeros_like(scores, dtype=torch.bool)
+            crossing[:, :width_v] = gap_s[None, :] > room[:, None]
+            merged = torch.logsumexp(torch.cat([scores[:, F.EOR_ID, None], scores.masked_fill(~crossing, -float("inf"))], 1), 1)
+            scores = scores.masked_fill(crossing, -float("inf"))
+            scores[:, F.EOR_ID] = merged
+            return scores
 
-    tokens = past = steps = 0
+    class DeathOrHorizon(StoppingCriteria):
+        def __init__(self, start: int):
+            self.start = start
+
+        def __call__(self, input_ids, scores, **kw):
+            last = input_ids[:, -1]
+            return (input_ids.shape[1] > self.start) & ((last == death) | (last == F.EOR_ID))
+
+    tokens = past = steps = truncated = 0
     risks = []
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -128,18 +139,19 @@ def bench_hf(model_dir: Path, prompts, vocab, death_ids, horizon_s: float, rollo
                 ids[k, width - len(x):] = torch.tensor(x)
                 mask[k, width - len(x):] = 1
             out = model.generate(ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 max_new_tokens=context - width, logits_processor=[Ban()],
-                                 stopping_criteria=[HorizonOrDeath(width)], pad_token_id=F.PAD_ID,
+                                 max_new_tokens=context - width, logits_processor=[BanAndHorizon(width)],
+                                 stopping_criteria=[DeathOrHorizon(width)], pad_token_id=F.PAD_ID,
                                  output_scores=True, return_dict_in_generate=True)
             gen = out.sequences[:, width:].numpy()
             logp = torch.stack(out.scores, dim=1).log_softmax(-1)[:, :, death].numpy()  # rows x steps
             for k in range(len(part)):
                 g = gen[k]
                 cum = np.cumsum(vocab.gap_decode_s[g])
-                stop = np.flatnonzero((cum > horizon_s) | (g == death))
+                stop = np.flatnonzero((g == F.EOR_ID) | (g == death))
                 n = int(stop[0]) + 1 if len(stop) else len(g)
+                truncated += not len(stop)
                 r = Rollout(g[:n], cum[:n], "x", logp[k, :n, None])
-                tokens += n  # kept: up to the crossing gap or death, as the vLLM path keeps
+                tokens += n  # kept: up to [EOR] or death, as the vLLM path keeps
                 steps += len(g)  # the batch computes every row until its last member stops
                 past += int((cum[:n] > horizon_s).sum())
                 risks.append(rollout_values(r, np.array([death]), np.array([0]), 0.0, np.array([horizon_s]))[1][0])
@@ -148,6 +160,7 @@ def bench_hf(model_dir: Path, prompts, vocab, death_ids, horizon_s: float, rollo
             "tokens": tokens, "tokens_per_s": round(tokens / secs, 1),
             "past_horizon_share": round(past / max(tokens, 1), 4), "batch_prompts": batch,
             "padded_step_share": round(1 - tokens / max(steps, 1), 4),
+            "truncated_share": round(truncated / (len(prompts) * rollouts), 4),
             "mean_risk": round(float(np.mean(risks)), 5)}
 
 

@@ -257,7 +257,7 @@ def build_app(cfg: ServeConfig) -> FastAPI:
                 with contextlib.suppress(BaseException):
                     await st._start_task
             if st.engine is not None:
-                st.engine.shutdown()
+                await st.engine.aclose()
             st.audit.close()
 
     app = FastAPI(

@@ -151,7 +151,7 @@ class Harness:
 
     def close(self) -> None:
         if self.engine is not None:
-            self.engine.shutdown()
+            self.loop.run_until_complete(self.engine.aclose())
             self.engine = None
         self.loop.close()
 

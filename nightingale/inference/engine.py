@@ -91,6 +91,10 @@ class EngineConfig:
         return cls(**dict(m))
 
 
+# Event-loop turns for vLLM's tasks to take their cancellation (cancel_task_threadsafe schedules
+# the cancel; the task then runs once more to raise it).
+_CANCEL_TURNS = 4
+
 # vLLM's cap on SamplingParams.logprob_token_ids (MAX_LOGPROB_TOKEN_IDS in vllm.sampling_params).
 MAX_TRACKED_IDS = 128
 
@@ -104,9 +108,9 @@ class Sampling:
     given, restricts sampling to those ids. logprobs: None, or -1 for the full next-token
     distribution at every generated position. tracked_ids: token ids whose log-probability is
     returned at every generated position (at most MAX_TRACKED_IDS; cheaper than the full
-    distribution). horizon_s: stop inside the engine once the continuation's time-gap tokens
-    add up to more than this many seconds (horizon.HorizonStop; the forced end token is
-    `[EOR]`, so the caller must list it among the stop tokens).
+    distribution). horizon_s: time-gap tokens that would carry the continuation past this many
+    seconds are merged into `[EOR]` inside the engine (horizon.HorizonStop), so the caller must
+    list `[EOR]` among the stop tokens: it then ends where the next event lies past the horizon.
 
     Log-probabilities are those of the distribution actually sampled from: after banned and
     allowed ids, logits processors, temperature and top-p (vLLM's "processed_logprobs" mode).
@@ -250,16 +254,30 @@ class Engine:
     def shutdown(self) -> None:
         """Stop the engine process now. The AsyncLLM object is also released and collected here:
         left to interpreter exit, its `__del__` calls `shutdown` again after vLLM's module
-        globals are gone and prints a TypeError traceback."""
+        globals are gone and prints a TypeError traceback. From the engine's event loop, prefer
+        `aclose`: vLLM's output tasks are cancelled through that loop, and collected while still
+        pending they log "Task was destroyed but it is pending"."""
         if not self.closed:
             self.closed = True
-            llm, self._llm = self._llm, None
-            llm.shutdown()
-            del llm
-            gc.collect()
-            log.info("vLLM engine shut down")
+            self._llm.shutdown()
+            self._release()
 
-    def _admit(self, k: int) -> None:
+    async def aclose(self) -> None:
+        """`shutdown` on the engine's own event loop, letting vLLM's cancelled tasks finish first."""
+        if not self.closed:
+            self.closed = True
+            self._llm.shutdown()
+            for _ in range(_CANCEL_TURNS):
+                await asyncio.sleep(0)
+            self._release()
+
+    def _release(self) -> None:
+        self._llm = None
+        gc.collect()
+        log.info("vLLM engine shut down")
+
+    def admit(self, k: int) -> None:
+        """Raise EngineError / EngineOverloaded unless `k` more prompts can be taken now."""
         if self.closed:
             raise EngineError("the engine is shut down")
         if not self.healthy:
@@ -326,7 +344,7 @@ class Engine:
         per = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
         if len(per) != len(prompts):
             raise ValueError(f"sample: {len(prompts)} prompts but {len(per)} Sampling")
-        self._admit(len(prompts))
+        self.admit(len(prompts))
         self.pending += len(prompts)
         try:
             return list(await asyncio.gather(*(self._one(p, s) for p, s in zip(prompts, per))))

@@ -124,7 +124,7 @@ class Forecast:
     prompt's rollouts that spent their token budget before the horizon (both estimators read
     those as "no outcome after that point": a downward bias worth reporting); tokens /
     tokens_past_horizon: tokens the rollouts kept, and how many of them lie past lead + the
-    longest horizon (at most one per rollout: the gap token that crossed it)."""
+    longest horizon (0: HorizonStop ends a rollout with `[EOR]` where its next event would)."""
 
     outcomes: list[str]
     horizons_s: np.ndarray

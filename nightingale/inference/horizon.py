@@ -4,11 +4,17 @@ vLLM stops a request at given tokens or after a number of tokens, but not "when 
 tokens stand for passes X". This processor tracks, for every request whose
 `SamplingParams.extra_args` carries `HORIZON_ARG` (seconds), the request's clock: the sum of the
 decoded values of its generated time-gap tokens (`Vocabulary.gap_decode_s`, the same values the
-rollout code and MEDS decoding use). Once the clock has passed the horizon, the next token is
-forced to `[EOR]`, which the caller passes as a stop token: the request ends one token after the
-gap token that crossed the horizon, inside the engine, with no round trips. Requests without the
-argument (next-event distributions, cohorts) are untouched, and until a request's clock passes
-its horizon its logits are untouched too, so sampling stays unbiased.
+rollout code and MEDS decoding use).
+
+At every step, the time-gap tokens that would carry the clock past the horizon are merged into
+`[EOR]`: their probability mass moves to `[EOR]` (its logit becomes the log-sum-exp of theirs and
+its own) and they are banned. Sampling `[EOR]` then means "the next event lies past the horizon",
+with exactly the probability the model gives that; every event inside the horizon keeps its
+probability, so sampling and the model's probabilities of outcomes stay unbiased. The caller
+passes `[EOR]` as a stop token: the request ends at the step where it would have crossed the
+horizon, inside the engine, with no token past the horizon and no round trips. Requests without
+the argument (next-event distributions, cohorts) are untouched, and so are the steps at which no
+gap can cross.
 
 The processor runs in vLLM's engine process; it is registered once when the engine is built
 (`AsyncEngineArgs(logits_processors=[HorizonStop])`) and reads the vocabulary from the model
@@ -42,22 +48,24 @@ class _Clock:
 
 
 class HorizonStop(LogitsProcessor):
-    """Force `[EOR]` once a request's generated time passes `extra_args[HORIZON_ARG]` seconds."""
+    """Merge the time gaps that would pass `extra_args[HORIZON_ARG]` seconds into `[EOR]`."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         vocab = Vocabulary.load(Path(vllm_config.model_config.model) / SPEC_FILE)
         self.gap_s = np.asarray(vocab.gap_decode_s, dtype=np.float64)
         self.end_id = F.EOR_ID
+        self.device = device
+        self._gap_row: torch.Tensor | None = None  # gap seconds per logit column (0: not a gap)
         self.clocks: dict[int, _Clock] = {}
 
     @classmethod
     def validate_params(cls, params: SamplingParams) -> None:
         h = (params.extra_args or {}).get(HORIZON_ARG)
-        if h is not None and not (isinstance(h, int | float) and math.isfinite(h) and h > 0):
-            raise ValueError(f"extra_args.{HORIZON_ARG}: a positive number of seconds, got {h!r}")
+        if h is not None and not (isinstance(h, int | float) and math.isfinite(h) and h >= 0):
+            raise ValueError(f"extra_args.{HORIZON_ARG}: a non-negative number of seconds, got {h!r}")
 
     def is_argmax_invariant(self) -> bool:
-        return False  # forcing [EOR] changes greedy choices too
+        return False  # moving mass to [EOR] changes greedy choices too
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         def new(params: SamplingParams, _prompt: list[int] | None, output: list[int]) -> _Clock | None:
@@ -73,10 +81,25 @@ class HorizonStop(LogitsProcessor):
                 c.elapsed_s += float(self.gap_s[new_ids[:known]].sum())
                 c.seen += known
 
+    def _gaps(self, width: int, device: torch.device) -> torch.Tensor:
+        if self._gap_row is None or self._gap_row.shape[0] != width:
+            row = np.zeros(width)  # the model's logits may be wider than the vocabulary (padding)
+            row[: len(self.gap_s)] = self.gap_s[:width]
+            self._gap_row = torch.tensor(row, dtype=torch.float64, device=device)
+        return self._gap_row
+
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        rows = [i for i, c in self.clocks.items() if c.elapsed_s > c.horizon_s]
-        if rows:
-            idx = torch.tensor(rows, dtype=torch.long, device=logits.device)
-            logits[idx] = float("-inf")
-            logits[idx, self.end_id] = 0.0
+        if not self.clocks:
+            return logits
+        rows = torch.tensor(list(self.clocks), dtype=torch.long, device=logits.device)
+        room = torch.tensor([c.horizon_s - c.elapsed_s for c in self.clocks.values()],
+                            dtype=torch.float64, device=logits.device)
+        crossing = self._gaps(logits.shape[1], logits.device)[None, :] > room[:, None]  # rows x vocab
+        if not bool(crossing.any()):
+            return logits
+        sub = logits[rows]
+        merged = torch.logsumexp(torch.cat([sub[:, self.end_id, None], sub.masked_fill(~crossing, float("-inf"))], 1), 1)
+        sub = sub.masked_fill(crossing, float("-inf"))
+        sub[:, self.end_id] = merged
+        logits[rows] = sub
         return logits

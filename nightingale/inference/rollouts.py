@@ -1,15 +1,18 @@
 """Monte-Carlo rollouts: sampled continuations of patient timelines until a time horizon.
 
-A rollout ends at `MEDS_DEATH` (a stop token), at `[EOR]` when it is allowed, or once the time it
-has generated passes the horizon. The horizon is enforced inside vLLM (`horizon.HorizonStop`):
-the n rollouts of a prompt are one engine request, each stops one time-gap token past the
-horizon (that token is kept: the step that sampled it was still inside the horizon, and the
-probability estimator reads the model's distribution at it), and nothing waits on rounds. A
-rollout's clock is the sum of its time-gap tokens' decoded values (`Vocabulary.gap_decode_s`).
+A rollout ends at `MEDS_DEATH` (a stop token), at `[EOR]` when it is allowed, or at the horizon.
+The horizon is enforced inside vLLM (`horizon.HorizonStop`): the n rollouts of a prompt are one
+engine request, and at each step the time gaps that would pass the horizon are merged into
+`[EOR]`, so a rollout reaches the horizon by sampling `[EOR]` ("the next event lies past the
+horizon"). That token is kept, with the clock where it was sampled (inside the horizon): the
+probability estimator reads the model's distribution at that step too. No token lies past the
+horizon and nothing waits on rounds. A rollout's clock is the sum of its time-gap tokens'
+decoded values (`Vocabulary.gap_decode_s`).
 
 Only a rollout that runs out of context before its horizon (long horizons, long prompts) is
-continued in a further request: the static + age prefix stays, the oldest body tokens go (the
-age token keeps the anchor's band), and the horizon left is passed on. A rollout that spends
+continued in a further request, as soon as it does: the static + age prefix stays, the oldest body
+tokens go down to half the context (the age token keeps the anchor's band), and the horizon left
+is passed on. A rollout that spends
 `max_new_tokens` first ends as `max_tokens` (reported as truncated by the estimators).
 
 `[EOR]` ("the data stop here") is administrative censoring, not something that happens to a
@@ -22,6 +25,7 @@ normalised over the tokens that can occur.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import zlib
@@ -42,8 +46,8 @@ DEATH, END_OF_RECORD, HORIZON, MAX_TOKENS = "death", "end_of_record", "horizon",
 class Rollout:
     """One sampled future.
 
-    tokens: generated ids, up to and including the time-gap token that crossed the horizon (or a
-    final death / end-of-record token); elapsed_s: seconds since the anchor *after* each token
+    tokens: generated ids, up to and including the final death or `[EOR]` (horizon reached, or
+    end of record where that is allowed); elapsed_s: seconds since the anchor *after* each token
     (a code token happens at the elapsed time of the gap before it); end: death |
     end_of_record | horizon | max_tokens (the token budget ran out first: the outcome is unknown
     past that point); tracked_logprobs: per token, the log-probabilities of the tracked ids at
@@ -118,11 +122,14 @@ async def sample_rollouts(engine: Engine, prompts: Sequence[Prompt], cfg: Rollou
     per prompt a list of n Rollouts, in a reproducible order."""
     vocab = engine.vocab
     death = vocab.code_to_id.get(S.DEATH_CODE)
-    # [EOR] always stops: it is what HorizonStop forces, and otherwise banned unless allowed.
+    # [EOR] always stops: HorizonStop gives it the mass of gaps past the horizon; else banned unless allowed.
     stops = tuple(t for t in (death, F.EOR_ID) if t is not None)
     banned = body_banned_ids(vocab) + (() if cfg.allow_end_of_record else (F.EOR_ID,))
     gap_s = vocab.gap_decode_s
     room = engine.max_model_len - min(cfg.reserve_tokens, engine.max_model_len - 8)
+    # A rollout that filled the context is a busy one: its continuations keep half the context of
+    # history, so that each generates up to half a context (fewer requests, each a full prefill).
+    room_next = min(room, max(engine.max_model_len // 2, 8))
     states = [_State(i, [], [], []) for i in range(len(prompts)) for _ in range(cfg.n)]
 
     def params(n: int, seed: int, window: int, st: _State) -> Sampling:
@@ -138,12 +145,11 @@ async def sample_rollouts(engine: Engine, prompts: Sequence[Prompt], cfg: Rollou
         lp = c.tracked_logprobs
         cum = st.clock + np.cumsum(gap_s[g])
         past = np.flatnonzero(cum > cfg.horizon_s)
-        if len(past):  # keep the crossing gap token; drop the [EOR] the engine forced after it
+        if len(past):  # not expected (HorizonStop merges crossing gaps); cut at the crossing
             g, cum = g[: past[0] + 1], cum[: past[0] + 1]
             st.end = HORIZON
         elif len(g) and int(g[-1]) == F.EOR_ID and not cfg.allow_end_of_record:
-            g, cum = g[:-1], cum[:-1]  # forced by HorizonStop (a banned token comes from nowhere else)
-            st.end = HORIZON
+            st.end = HORIZON  # banned otherwise: only HorizonStop's merge gives [EOR] its mass
         elif len(g) and int(g[-1]) in stops:
             st.end = DEATH if int(g[-1]) == death else END_OF_RECORD
         st.tokens += g.tolist()
@@ -153,28 +159,35 @@ async def sample_rollouts(engine: Engine, prompts: Sequence[Prompt], cfg: Rollou
         if st.end is None and len(st.tokens) >= cfg.max_new_tokens:
             st.end = MAX_TOKENS
 
-    # One request per prompt with n continuations: the prompt is prefilled once (prefix cache).
-    windows = [p.window(room=room) for p in prompts]
-    first = await engine.sample(
-        windows,
-        [params(cfg.n, _seed(cfg.seed, prompt_key(w)), len(w), states[i * cfg.n]) for i, w in enumerate(windows)],
-    )
-    for i, comps in enumerate(first):
+    async def one_prompt(i: int) -> None:
+        # One request with n continuations: the prompt is prefilled once (prefix cache).
+        w = prompts[i].window(room=room)
+        comps = (await engine.sample([w], params(cfg.n, _seed(cfg.seed, prompt_key(w)), len(w), states[i * cfg.n])))[0]
         if len(comps) != cfg.n:
             raise RuntimeError(f"engine returned {len(comps)} continuations for n={cfg.n}")
         for j, c in enumerate(comps):
             advance(states[i * cfg.n + j], c)
-    rnd = 0
-    while active := [k for k, st in enumerate(states) if st.end is None]:
-        rnd += 1  # only rollouts that ran out of context before their horizon
-        wins = [prompts[states[k].prompt].window(states[k].tokens, room=room) for k in active]
-        outs = await engine.sample(
-            wins, [params(1, _seed(cfg.seed, prompt_key(w), k % cfg.n, rnd), len(w), states[k]) for k, w in zip(active, wins)],
-        )
-        for k, comps in zip(active, outs):
-            advance(states[k], comps[0])
-    if rnd:
-        log.debug("rollouts: %d prompts x %d, %d continuation rounds", len(prompts), cfg.n, rnd)
+        rnd = 0
+        # Only rollouts that ran out of context before their horizon, as soon as they do: no
+        # prompt waits for another's (seeds follow the prompt, its rollout and its round).
+        while active := [k for k in range(i * cfg.n, (i + 1) * cfg.n) if states[k].end is None]:
+            rnd += 1
+            wins = [prompts[i].window(states[k].tokens, room=room_next) for k in active]
+            outs = await engine.sample(
+                wins, [params(1, _seed(cfg.seed, prompt_key(w), k % cfg.n, rnd), len(w), states[k]) for k, w in zip(active, wins)],
+            )
+            for k, comps in zip(active, outs):
+                advance(states[k], comps[0])
+
+    engine.admit(len(prompts))  # all or none: refuse before any work starts
+    tasks = [asyncio.ensure_future(one_prompt(i)) for i in range(len(prompts))]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:  # one failure (or the caller's timeout) cancels the rest
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     out: list[list[Rollout]] = [[] for _ in prompts]
     width = len(cfg.tracked_ids)
     for st in states:
