@@ -19,7 +19,7 @@ Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 def _utc(t: dt.datetime) -> dt.datetime:
     """Naive UTC, the way prompts read event times (aware times are converted, naive ones kept)."""
-    return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo is not None else t
+    return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo is not None else t
 
 
 class _In(BaseModel):
@@ -54,7 +54,7 @@ class PatientIn(_In):
     def _timeline(self) -> PatientIn:
         """A timeline that could have happened: born in the past, no event before birth, in order."""
         if self.birth_date is not None:
-            today = dt.datetime.now(dt.UTC).date()
+            today = dt.datetime.now(dt.timezone.utc).date()
             if self.birth_date > today:
                 raise ValueError(f"birth_date: {self.birth_date} is in the future (today is {today})")
             for i, e in enumerate(self.events):
