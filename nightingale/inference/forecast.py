@@ -185,19 +185,18 @@ async def forecast(engine: Engine, prompts: Sequence[Prompt], outcomes: Mapping[
     count, prob = np.zeros(shape), np.zeros(shape)
     truncated = np.zeros(len(prompts))
     tokens = past = 0
-    # Prompts sharing a lead share a request batch; leads differ only in the evaluation.
-    for lead in np.unique(leads):
-        idx = np.flatnonzero(leads == lead)
-        rc = RolloutConfig(n=cfg.rollouts, horizon_s=float(lead + horizons.max()), max_new_tokens=cfg.max_new_tokens,
-                           reserve_tokens=cfg.reserve_tokens, seed=cfg.seed,
-                           tracked_ids=tuple(int(t) for t in tracked) if track else ())
-        rolls = await sample_rollouts(engine, [prompts[i] for i in idx], rc)
-        for i, rs in zip(idx, rolls):
-            truncated[i] = np.mean([r.end == MAX_TOKENS for r in rs])
-            tokens += sum(len(r.tokens) for r in rs)
-            past += sum(int((r.elapsed_s > rc.horizon_s).sum()) for r in rs)
-            for a, n in enumerate(names):
-                for j, r in enumerate(rs):
-                    count[i, a, :, j], prob[i, a, :, j] = rollout_values(r, outcomes[n], columns[n], float(lead), horizons)
+    # Every prompt rolls out to its own lead + the longest horizon, all in one batch.
+    ends = leads + horizons.max()
+    rc = RolloutConfig(n=cfg.rollouts, horizon_s=float(ends.max(initial=horizons.max())), max_new_tokens=cfg.max_new_tokens,
+                       reserve_tokens=cfg.reserve_tokens, seed=cfg.seed,
+                       tracked_ids=tuple(int(t) for t in tracked) if track else ())
+    rolls = await sample_rollouts(engine, prompts, rc, ends)
+    for i, rs in enumerate(rolls):
+        truncated[i] = np.mean([r.end == MAX_TOKENS for r in rs])
+        tokens += sum(len(r.tokens) for r in rs)
+        past += sum(int((r.elapsed_s > ends[i]).sum()) for r in rs)
+        for a, n in enumerate(names):
+            for j, r in enumerate(rs):
+                count[i, a, :, j], prob[i, a, :, j] = rollout_values(r, outcomes[n], columns[n], float(leads[i]), horizons)
     return Forecast(names, horizons, count, prob, truncated, cfg.estimator, tokens, past)
 

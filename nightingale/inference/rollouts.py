@@ -12,8 +12,8 @@ decoded values (`Vocabulary.gap_decode_s`).
 Only a rollout that runs out of context before its horizon (long horizons, long prompts) is
 continued in a further request, as soon as it does: the static + age prefix stays, the oldest body
 tokens go down to half the context (the age token keeps the anchor's band), and the horizon left
-is passed on. A rollout that spends
-`max_new_tokens` first ends as `max_tokens` (reported as truncated by the estimators).
+is passed on. A rollout that spends `max_new_tokens` first ends as `max_tokens` (reported as
+truncated by the estimators).
 
 `[EOR]` ("the data stop here") is administrative censoring, not something that happens to a
 patient, so by default it is banned while sampling: risks are "within the horizon, had the record
@@ -117,9 +117,14 @@ class _State:
         return self.elapsed[-1] if self.elapsed else 0.0
 
 
-async def sample_rollouts(engine: Engine, prompts: Sequence[Prompt], cfg: RolloutConfig) -> list[list[Rollout]]:
-    """`cfg.n` rollouts of every prompt up to `cfg.horizon_s` (see the module docstring);
-    per prompt a list of n Rollouts, in a reproducible order."""
+async def sample_rollouts(engine: Engine, prompts: Sequence[Prompt], cfg: RolloutConfig,
+                          horizons_s: Sequence[float] | None = None) -> list[list[Rollout]]:
+    """`cfg.n` rollouts of every prompt up to `cfg.horizon_s`, or up to its own entry of
+    `horizons_s` (seconds, one per prompt; see the module docstring); per prompt a list of n
+    Rollouts, in a reproducible order."""
+    horizon = np.full(len(prompts), float(cfg.horizon_s)) if horizons_s is None else np.asarray(horizons_s, np.float64)
+    if len(horizon) != len(prompts) or not (horizon > 0).all():
+        raise ValueError("sample_rollouts: horizons_s needs one positive number of seconds per prompt")
     vocab = engine.vocab
     death = vocab.code_to_id.get(S.DEATH_CODE)
     # [EOR] always stops: HorizonStop gives it the mass of gaps past the horizon; else banned unless allowed.
@@ -137,14 +142,14 @@ async def sample_rollouts(engine: Engine, prompts: Sequence[Prompt], cfg: Rollou
         return Sampling(
             n=n, max_tokens=max(left, 1), temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
             stop_token_ids=stops, banned_token_ids=banned, tracked_ids=cfg.tracked_ids,
-            horizon_s=cfg.horizon_s - st.clock,
+            horizon_s=horizon[st.prompt] - st.clock,
         )
 
     def advance(st: _State, c) -> None:
         g = np.asarray(c.token_ids, dtype=np.int64)
         lp = c.tracked_logprobs
         cum = st.clock + np.cumsum(gap_s[g])
-        past = np.flatnonzero(cum > cfg.horizon_s)
+        past = np.flatnonzero(cum > horizon[st.prompt])
         if len(past):  # not expected (HorizonStop merges crossing gaps); cut at the crossing
             g, cum = g[: past[0] + 1], cum[: past[0] + 1]
             st.end = HORIZON
