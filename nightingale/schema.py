@@ -1,20 +1,42 @@
 """Names of MEDS 0.4 columns, files, codes and dtypes: the one place they are spelled out.
 
-Everything else imports these constants instead of writing string literals, so a schema change is
-one edit (STYLE.md, direction 4).
+The names, files and on-disk (pyarrow) schemas come from the `meds` package, the standard's own
+reference; the polars dtypes below are how those columns look in memory. Everything else imports
+these constants instead of writing string literals, so a schema change is one edit (STYLE.md,
+direction 4). Writers align their tables to the `meds` schemas (`data.meds_io.meds_table`);
+readers accept string or large_string alike.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: flexible_schema reads the class annotations.
+import os
 
+import meds
 import polars as pl
 import pyarrow as pa
+from flexible_schema import Required as _Required
+from meds_evaluation.schema import PredictionSchema  # noqa: F401 - re-exported: predictions
+
+# The reference schemas (flexible_schema classes with .validate / .align) and dataset.json's.
+MEDSDataSchema = meds.DataSchema
+MEDSCodeMetadataSchema = meds.CodeMetadataSchema
+MEDSSubjectSplitSchema = meds.SubjectSplitSchema
+MEDSLabelSchema = meds.LabelSchema
+MEDSDatasetMetadataSchema = meds.DatasetMetadataSchema
+
+
+class GeneratedTrajectorySchema(meds.DataSchema):
+    """Generated rollouts as MEDS_trajectory_evaluation reads them: MEDS data plus the
+    `prediction_time` (input cut-off) they continue from; one file per sample index."""
+
+    prediction_time: _Required(pa.timestamp("us"), nullable=False)
+
 
 # --- MEDS data columns (data/**/*.parquet) -------------------------------------------------------
-SUBJECT_ID = "subject_id"
-TIME = "time"
-CODE = "code"
-NUMERIC_VALUE = "numeric_value"
-TEXT_VALUE = "text_value"
+SUBJECT_ID = meds.DataSchema.subject_id_name
+TIME = meds.DataSchema.time_name
+CODE = meds.DataSchema.code_name
+NUMERIC_VALUE = meds.DataSchema.numeric_value_name
+TEXT_VALUE = meds.DataSchema.text_value_name
 UNIT = "unit"  # optional extra column: MEDS allows extension columns; we keep units there.
 
 DATA_COLUMNS: tuple[str, ...] = (SUBJECT_ID, TIME, CODE, NUMERIC_VALUE, TEXT_VALUE)
@@ -28,27 +50,19 @@ DATA_SCHEMA: dict[str, pl.DataType] = {
     NUMERIC_VALUE: pl.Float32(),
     TEXT_VALUE: pl.String(),
 }
-DATA_ARROW_SCHEMA = pa.schema(
-    [
-        pa.field(SUBJECT_ID, pa.int64(), nullable=False),
-        pa.field(TIME, pa.timestamp("us"), nullable=True),
-        pa.field(CODE, pa.string(), nullable=False),
-        pa.field(NUMERIC_VALUE, pa.float32(), nullable=True),
-        pa.field(TEXT_VALUE, pa.string(), nullable=True),
-    ]
-)
+DATA_ARROW_SCHEMA: pa.Schema = meds.DataSchema.schema()
 
 # --- Layout of a MEDS dataset root ----------------------------------------------------------------
-DATA_DIR = "data"
-METADATA_DIR = "metadata"
-CODES_FILE = "metadata/codes.parquet"
-SPLITS_FILE = "metadata/subject_splits.parquet"
-DATASET_FILE = "metadata/dataset.json"
-MEDS_VERSION = "0.4"
+DATA_DIR = meds.data_subdirectory
+METADATA_DIR = os.path.dirname(meds.code_metadata_filepath)
+CODES_FILE = meds.code_metadata_filepath
+SPLITS_FILE = meds.subject_splits_filepath
+DATASET_FILE = meds.dataset_metadata_filepath
+MEDS_VERSION = meds.__version__  # the `meds` release the tables are aligned to, e.g. "0.4.1"
 
 # --- metadata/codes.parquet -------------------------------------------------------------------------
-DESCRIPTION = "description"
-PARENT_CODES = "parent_codes"
+DESCRIPTION = meds.CodeMetadataSchema.description_name
+PARENT_CODES = meds.CodeMetadataSchema.parent_codes_name
 CODES_SCHEMA: dict[str, pl.DataType] = {
     CODE: pl.String(),
     DESCRIPTION: pl.String(),
@@ -56,23 +70,23 @@ CODES_SCHEMA: dict[str, pl.DataType] = {
 }
 
 # --- metadata/subject_splits.parquet ------------------------------------------------------------
-SPLIT = "split"
-TRAIN = "train"
-TUNING = "tuning"
-HELD_OUT = "held_out"
+SPLIT = meds.SubjectSplitSchema.split_name
+TRAIN = meds.train_split
+TUNING = meds.tuning_split
+HELD_OUT = meds.held_out_split
 SPLITS: tuple[str, ...] = (TRAIN, TUNING, HELD_OUT)
 SPLITS_SCHEMA: dict[str, pl.DataType] = {SUBJECT_ID: pl.Int64(), SPLIT: pl.String()}
 
 # --- Reserved codes --------------------------------------------------------------------------------
-BIRTH_CODE = "MEDS_BIRTH"
-DEATH_CODE = "MEDS_DEATH"
+BIRTH_CODE = meds.birth_code
+DEATH_CODE = meds.death_code
 CODE_SEPARATOR = "//"  # e.g. "ICD10//E11", "LOINC//4548-4"
 
 # --- Task labels and predictions (MEDS label schema, meds-evaluation columns) -------------------------
-PREDICTION_TIME = "prediction_time"
-BOOLEAN_VALUE = "boolean_value"
-INTEGER_VALUE = "integer_value"
-FLOAT_VALUE = "float_value"
-CATEGORICAL_VALUE = "categorical_value"
-PREDICTED_BOOLEAN_VALUE = "predicted_boolean_value"
-PREDICTED_BOOLEAN_PROBABILITY = "predicted_boolean_probability"
+PREDICTION_TIME = meds.LabelSchema.prediction_time_name
+BOOLEAN_VALUE = meds.LabelSchema.boolean_value_name
+INTEGER_VALUE = meds.LabelSchema.integer_value_name
+FLOAT_VALUE = meds.LabelSchema.float_value_name
+CATEGORICAL_VALUE = meds.LabelSchema.categorical_value_name
+PREDICTED_BOOLEAN_VALUE = PredictionSchema.predicted_boolean_value_name
+PREDICTED_BOOLEAN_PROBABILITY = PredictionSchema.predicted_boolean_probability_name

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -148,12 +150,8 @@ def _lead_s(p: M.PatientIn, prompt: Prompt) -> float:
     return 0.0 if p.prediction_time is None else max(0.0, (to_us(p.prediction_time) - prompt.anchor_us) / 1e6)
 
 
-@router.post("/v1/forecasts", tags=["predict"], response_model=M.ForecastResponse, responses=AUTH_RESPONSES)
-async def post_forecasts(body: M.ForecastRequest, request: Request, key: ForecastKey):
-    """Per patient, outcome and horizon: the probability that the outcome happens within the
-    horizon (counted from the prediction time) with a 95% Monte-Carlo interval, from the
-    forecasting core (nightingale.inference.forecast, the code the evaluation gates); per
-    population: the expected count with a 95% interval, small counts suppressed."""
+async def _forecast(body: M.ForecastRequest, request: Request, *, keep_rollouts: bool = False):
+    """Check the request against the limits and roll it out: (forecast, prompts, leads, config)."""
     st = _state(request)
     lim = st.cfg.limits
     n = body.rollouts or st.cfg.default_rollouts
@@ -191,8 +189,21 @@ async def post_forecasts(body: M.ForecastRequest, request: Request, key: Forecas
         room = engine.max_model_len - st.cfg.reserve_tokens
         prompts = [_prompt(p, ("patients", i), st, room) for i, p in enumerate(body.patients)]
         leads = [_lead_s(p, q) for p, q in zip(body.patients, prompts)]
-        fc = await _timed(forecast(engine, prompts, outcomes, [h * DAY_S for h in body.horizons_days], fcfg, leads), st)
+        fc = await _timed(forecast(engine, prompts, outcomes, [h * DAY_S for h in body.horizons_days], fcfg, leads,
+                                   keep_rollouts=keep_rollouts), st)
     st.metrics.rollouts.inc(n * len(prompts))
+    return fc, prompts, leads, fcfg
+
+
+@router.post("/v1/forecasts", tags=["predict"], response_model=M.ForecastResponse, responses=AUTH_RESPONSES)
+async def post_forecasts(body: M.ForecastRequest, request: Request, key: ForecastKey):
+    """Per patient, outcome and horizon: the probability that the outcome happens within the
+    horizon (counted from the prediction time) with a 95% Monte-Carlo interval, from the
+    forecasting core (nightingale.inference.forecast, the code the evaluation gates); per
+    population: the expected count with a 95% interval, small counts suppressed."""
+    st = _state(request)
+    fc, prompts, _, fcfg = await _forecast(body, request)
+    n = fcfg.rollouts
     patients = []
     for i, p in enumerate(body.patients):
         risks = []
@@ -213,6 +224,42 @@ async def post_forecasts(body: M.ForecastRequest, request: Request, key: Forecas
                                               lower=pe.lower, upper=pe.upper, suppressed=pe.suppressed, threshold=pe.threshold))
     return M.ForecastResponse(patients=patients, population=population, rollouts=n, estimator=fcfg.estimator,
                               interval=M.INTERVALS[fcfg.estimator])
+
+
+@router.post("/v1/forecasts/trajectories", tags=["predict"], responses={
+    **AUTH_RESPONSES, 200: {"content": {"application/zip": {}},
+                            "description": "{k}.parquet per rollout k (MEDS generated trajectories)"}})
+async def post_forecast_trajectories(body: M.ForecastRequest, request: Request, key: ForecastKey):
+    """The rollouts behind a forecast (the same request, limits and seed give the same futures as
+    POST /v1/forecasts) as MEDS generated trajectories: a zip of `{k}.parquet`, one file per
+    rollout index k, in MEDS_trajectory_evaluation's schema (MEDS events after the prediction
+    time, plus `prediction_time`). `subject_id` is the patient's position in the request (0-based);
+    `prediction_time` is the patient's, or the last event's when none is given. Label them with
+    your own ACES task configs (`ZSACES_label`)."""
+    import tempfile
+    import zipfile
+
+    from nightingale.inference.trajectories import TrajectoryCollector
+
+    st = _state(request)
+    fc, prompts, leads, fcfg = await _forecast(body, request, keep_rollouts=True)
+    vocab = st.require_engine().vocab
+
+    def build() -> bytes:
+        collector = TrajectoryCollector(vocab, fcfg.rollouts)
+        anchors = [q.anchor_us for q in prompts]
+        predictions = [a + int(round(lead * 1e6)) for a, lead in zip(anchors, leads)]
+        collector.add(fc.rollouts_kept, list(range(len(prompts))), anchors, predictions)
+        buf = io.BytesIO()
+        with tempfile.TemporaryDirectory() as tmp:
+            files = collector.write(Path(tmp) / "trajectories")
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+                for f in files:
+                    z.write(f, f.name)
+        return buf.getvalue()
+
+    return Response(await asyncio.to_thread(build), media_type="application/zip",
+                    headers={"Content-Disposition": 'attachment; filename="trajectories.zip"'})
 
 
 # --- cohorts ----------------------------------------------------------------------------------------

@@ -64,7 +64,9 @@ def ingest_to_meds(
                 "(data.source=simulator or omop), not to an existing MEDS folder"
             )
         root = Path(str(data["path"]))
-        report = validate_meds(root, strict_codes=bool(data.get("strict_codes", True)))
+        # someone else's MEDS: read liberally (the `meds` type findings are warnings here)
+        report = validate_meds(root, strict_codes=bool(data.get("strict_codes", True)),
+                               reference="warn")
         report.raise_if_invalid()
         return root
     if out is None:

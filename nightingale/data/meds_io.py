@@ -3,7 +3,10 @@
 A dataset root holds `data/**/*.parquet` shards and `metadata/` (codes, splits, dataset.json).
 Reading is lazy (`polars.scan_parquet`), one shard at a time, so memory stays flat as data grows.
 Writing goes through `MEDSWriter`, which builds the dataset in a temporary folder beside the target
-and renames it into place only when every part is written.
+and renames it into place only when every part is written. Every table written is first aligned to
+the `meds` package's reference schema (`meds_table`: `code` as string, not polars' large_string,
+and so on) and `dataset.json` is checked against `meds.DatasetMetadataSchema`, so what this
+project writes passes the standard's own validator. Reading stays liberal (string or large_string).
 """
 
 from __future__ import annotations
@@ -12,14 +15,67 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from flexible_schema import SchemaValidationError, TableValidationError
 from typing_extensions import Self
 
 from nightingale import schema as S
-from nightingale.atomic import atomic_dir
+from nightingale.atomic import atomic_dir, atomic_file
+
+
+def etl_version() -> str:
+    """This package's version, recorded as `etl_version` in dataset.json."""
+    try:
+        return version("nightingale")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "unknown"
+
+
+def _narrow(t: pa.DataType) -> pa.DataType:
+    """large_string -> string and large_list -> list, recursively (polars writes the large ones)."""
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_large_list(t) or pa.types.is_list(t):
+        return pa.list_(_narrow(t.value_type))
+    return t
+
+
+def meds_table(df: pl.DataFrame | pa.Table, schema: type, what: str) -> pa.Table:
+    """`df` as a pyarrow table that passes `schema.validate` (a `meds` / flexible_schema class).
+
+    Extension columns are kept, with large types narrowed to the standard's; the schema's own
+    columns are cast (`schema.align`) and ordered first. `what` names the table in errors.
+    """
+    table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
+    table = table.cast(pa.schema([pa.field(f.name, _narrow(f.type), f.nullable) for f in table.schema]))
+    try:
+        table = schema.align(table)
+        schema.validate(table)
+    except (SchemaValidationError, TableValidationError, ValueError, TypeError) as e:
+        raise ValueError(f"{what}: does not fit the MEDS {schema.__name__}: {e}") from None
+    return table
+
+
+def write_meds_parquet(df: pl.DataFrame | pa.Table, path: str | Path, schema: type, *,
+                       what: str | None = None, atomic: bool = True, **kwargs: Any) -> Path:
+    """Align `df` to `schema` (see `meds_table`) and write it to `path` as parquet, through a
+    temporary file renamed into place unless `atomic=False` (inside an already-atomic folder)."""
+    path = Path(path)
+    table = meds_table(df, schema, what or str(path))
+    kwargs.setdefault("compression", "zstd")
+    if not atomic:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path, **kwargs)
+        return path
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp, **kwargs)
+    return path
 
 
 class MEDSDataset:
@@ -150,8 +206,7 @@ class MEDSWriter:
             raise ValueError(f"shard {name!r} written twice")
         df = conform_events(events) if conform else events
         path = self.tmp_root / S.DATA_DIR / f"{name}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        df.write_parquet(path, compression="zstd", statistics=True)
+        write_meds_parquet(df, path, S.MEDSDataSchema, what=f"{S.DATA_DIR}/{name}.parquet", atomic=False)
         self._shards.append(name)
 
     def write_codes(self, codes: pl.DataFrame) -> None:
@@ -163,25 +218,58 @@ class MEDSWriter:
         codes = codes.select(cols).with_columns(
             [pl.col(c).cast(t) for c, t in S.CODES_SCHEMA.items()]
         )
-        codes.unique(S.CODE, keep="first", maintain_order=True).sort(S.CODE).write_parquet(
-            self.tmp_root / S.CODES_FILE
-        )
+        codes = codes.unique(S.CODE, keep="first", maintain_order=True).sort(S.CODE)
+        write_meds_parquet(codes, self.tmp_root / S.CODES_FILE, S.MEDSCodeMetadataSchema,
+                           what=S.CODES_FILE, atomic=False)
 
     def write_splits(self, splits: pl.DataFrame) -> None:
         bad = set(splits[S.SPLIT].unique().to_list()) - set(S.SPLITS)
         if bad:
             raise ValueError(f"subject_splits: unknown split name(s) {sorted(bad)}; allowed {S.SPLITS}")
-        splits.select(
+        splits = splits.select(
             pl.col(S.SUBJECT_ID).cast(pl.Int64), pl.col(S.SPLIT).cast(pl.String)
-        ).sort(S.SUBJECT_ID).write_parquet(self.tmp_root / S.SPLITS_FILE)
+        ).sort(S.SUBJECT_ID)
+        write_meds_parquet(splits, self.tmp_root / S.SPLITS_FILE, S.MEDSSubjectSplitSchema,
+                           what=S.SPLITS_FILE, atomic=False)
 
     def write_dataset_json(self, meta: dict[str, Any]) -> None:
-        """Write metadata/dataset.json; MEDS version and creation time are filled in if absent."""
-        meta = {
+        """Write metadata/dataset.json; MEDS version, ETL name and version and the creation time
+        (now, UTC) are filled in unless given. The result must pass `meds.DatasetMetadataSchema`
+        (e.g. `created_at` an ISO 8601 date-time, not null)."""
+        meta = json.loads(json.dumps({
             "meds_version": S.MEDS_VERSION,
             "etl_name": "nightingale",
+            "etl_version": etl_version(),
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **meta,
-        }
-        (self.tmp_root / S.DATASET_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        }, default=str))
+        problem = dataset_metadata_problem(meta)
+        if problem:
+            raise ValueError(f"{S.DATASET_FILE}: does not fit meds.DatasetMetadataSchema: {problem}")
+        (self.tmp_root / S.DATASET_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         self._wrote_json = True
+
+
+def dataset_metadata_problem(meta: Any) -> str | None:
+    """Why `meta` fails `meds.DatasetMetadataSchema` (naming the field), or None if it passes."""
+    if not isinstance(meta, dict):
+        return f"expected a JSON object, got {type(meta).__name__}"
+    try:
+        S.MEDSDatasetMetadataSchema.validate(meta)
+    except Exception:  # noqa: BLE001 - flexible_schema wraps jsonschema's error; find the field below
+        import jsonschema
+
+        validator = jsonschema.Draft202012Validator(S.MEDSDatasetMetadataSchema.schema())
+        errors = sorted(validator.iter_errors(meta), key=lambda e: list(e.path))
+        if not errors:
+            return "fails meds.DatasetMetadataSchema"
+        e = errors[0]
+        field = ".".join(str(p) for p in e.path) or "(root)"
+        return f"field {field!r}: {e.message}"
+    created = meta.get("created_at")  # the schema says date-time but does not check the format
+    if created is not None:
+        try:
+            dt.datetime.fromisoformat(created)
+        except ValueError:
+            return f"field 'created_at': {created!r} is not an ISO 8601 date-time"
+    return None

@@ -19,6 +19,11 @@ Strictness, decided once here (issue 2, section 3):
   optional `numeric_value`/`text_value` columns absent; NaN/inf values; times before 1800 or after
   2500 (not "after today": de-identified data such as the MIMIC-IV demo is shifted to 2110-2202);
   events before the subject's `MEDS_BIRTH`; split subjects with no data; duplicate codes metadata.
+- the reference checks (`validate_reference.py`): every file against the `meds` package's own
+  schemas, which are exact about types (`code` string, not large_string; `dataset.json`'s
+  `created_at` a date-time, not null). Findings carry `check="meds"`; by default they are errors
+  (`reference="error"`, what `nightingale validate` asks), `"warn"` when reading a dataset someone
+  else wrote (we read large_string as happily as string), `"off"` to skip them.
 """
 
 from __future__ import annotations
@@ -53,21 +58,29 @@ def _locate(file: str | None, column: str | None, row: int | None) -> str:
     return ", ".join(parts)
 
 
+NIGHTINGALE_CHECK = "nightingale"  # this module's checks
+MEDS_CHECK = "meds"  # the `meds` package's schema validation (validate_reference.py)
+REFERENCE_MODES = ("error", "warn", "off")
+
+
 class MEDSValidationError(ValueError):
-    """A MEDS dataset breaks the standard: where (file relative to the root, column, 0-based row)
-    and what was expected."""
+    """A MEDS dataset breaks the standard: where (file relative to the root, column, 0-based row),
+    what was expected, and which check found it (`nightingale` or the `meds` reference)."""
 
     def __init__(self, message: str, *, file: str | None = None, column: str | None = None,
-                 row: int | None = None):
+                 row: int | None = None, check: str = NIGHTINGALE_CHECK):
         super().__init__(message)
         self.message, self.file, self.column, self.row = message, file, column, row
+        self.check = check
 
     def __str__(self) -> str:
         where = _locate(self.file, self.column, self.row)
-        return f"{where}: {self.message}" if where else self.message
+        text = f"{where}: {self.message}" if where else self.message
+        return f"[{self.check}] {text}" if self.check != NIGHTINGALE_CHECK else text
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "column": self.column, "row": self.row, "message": self.message}
+        return {"file": self.file, "column": self.column, "row": self.row, "message": self.message,
+                "check": self.check}
 
 
 @dataclass(frozen=True)
@@ -78,10 +91,12 @@ class ValidationWarning:
     file: str | None = None
     column: str | None = None
     row: int | None = None
+    check: str = NIGHTINGALE_CHECK
 
     def __str__(self) -> str:
         where = _locate(self.file, self.column, self.row)
-        return f"{where}: {self.message}" if where else self.message
+        text = f"{where}: {self.message}" if where else self.message
+        return f"[{self.check}] {text}" if self.check != NIGHTINGALE_CHECK else text
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +132,7 @@ class ValidationReport:
     errors: list[MEDSValidationError] = field(default_factory=list)
     warnings: list[ValidationWarning] = field(default_factory=list)
     summary: DatasetSummary | None = None
+    reference: str = "error"  # how the `meds` schema findings were treated (REFERENCE_MODES)
 
     @property
     def ok(self) -> bool:
@@ -127,31 +143,55 @@ class ValidationReport:
         if self.errors:
             raise self.errors[0]
 
+    def by_check(self, check: str) -> list[MEDSValidationError]:
+        return [e for e in self.errors if e.check == check]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "root": str(self.root),
             "valid": self.ok,
+            "meds_schema": self.reference,
+            "checks": {c: {"errors": len(self.by_check(c)),
+                           "warnings": sum(w.check == c for w in self.warnings)}
+                       for c in (NIGHTINGALE_CHECK, MEDS_CHECK)},
             "errors": [e.to_dict() for e in self.errors],
             "warnings": [w.to_dict() for w in self.warnings],
             "summary": self.summary.to_dict() if self.summary else None,
         }
 
 
-def validate_meds(root: str | Path, *, strict_codes: bool = True,
-                  fail_fast: bool = False) -> ValidationReport:
+def validate_meds(root: str | Path, *, strict_codes: bool = True, fail_fast: bool = False,
+                  reference: str = "error") -> ValidationReport:
     """Check a MEDS dataset (see the module docstring for what is an error and what a warning).
 
     Errors are collected into the report; with `fail_fast` the first one is raised instead.
-    `strict_codes=False` turns data codes missing from `codes.parquet` into a warning.
+    `strict_codes=False` turns data codes missing from `codes.parquet` into a warning;
+    `reference` says what the `meds` package's schema findings are: "error", "warn" or "off".
     The report's `summary` is filled whenever every shard could be read (right columns and
     dtypes), even if rows break other rules; cross-shard and split checks need that too.
     """
-    return _Validator(Path(root), strict_codes=strict_codes, fail_fast=fail_fast).run()
+    if reference not in REFERENCE_MODES:
+        raise ValueError(f"reference: {reference!r} is not one of {list(REFERENCE_MODES)}")
+    report = _Validator(Path(root), strict_codes=strict_codes, fail_fast=fail_fast).run()
+    report.reference = reference
+    if reference != "off" and Path(root).is_dir():
+        from nightingale.data.validate_reference import reference_findings
+
+        for f in reference_findings(root):
+            message = f"{f.schema}: {f.message}"
+            if reference == "error":
+                err = MEDSValidationError(message, file=f.file, check=MEDS_CHECK)
+                if fail_fast:
+                    raise err
+                report.errors.append(err)
+            else:
+                report.warnings.append(ValidationWarning(message, f.file, check=MEDS_CHECK))
+    return report
 
 
 def summarise_meds(root: str | Path) -> DatasetSummary:
     """Summary counts of a MEDS dataset; raises `MEDSValidationError` only if it cannot be read."""
-    report = validate_meds(root, strict_codes=False)
+    report = validate_meds(root, strict_codes=False, reference="off")
     if report.summary is None:
         report.raise_if_invalid()
         raise MEDSValidationError("no summary could be computed", file=str(root))

@@ -16,7 +16,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from nightingale.data.validate import DatasetSummary, ValidationReport, validate_meds
+from nightingale.data.validate import (
+    MEDS_CHECK,
+    NIGHTINGALE_CHECK,
+    REFERENCE_MODES,
+    DatasetSummary,
+    ValidationReport,
+    validate_meds,
+)
 
 EXIT_OK, EXIT_INVALID = 0, 1
 
@@ -31,13 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strict-codes", action=argparse.BooleanOptionalAction, default=True,
                    help="data codes missing from metadata/codes.parquet are errors "
                         "(--no-strict-codes: warnings)")
+    p.add_argument("--meds-schema", choices=list(REFERENCE_MODES), default="error",
+                   help="the `meds` package's own schema validation (exact types, dataset.json): "
+                        "findings are errors (default), warnings, or not checked (off)")
     p.add_argument("--max-errors", type=int, default=20, metavar="N",
                    help="print at most N errors and N warnings (default 20)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = validate_meds(args.root, strict_codes=args.strict_codes)
+    report = validate_meds(args.root, strict_codes=args.strict_codes, reference=args.meds_schema)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -55,6 +65,12 @@ def _print_findings(console: Console, report: ValidationReport, limit: int) -> N
             console.print(Text(f"{kind}: ", style=style) + Text(str(item)))
         if len(items) > limit:
             console.print(Text(f"... and {len(items) - limit} more {kind}s", style=style))
+    for check, what in ((NIGHTINGALE_CHECK, "nightingale checks (sorting, shards, codes, splits)"),
+                        (MEDS_CHECK, "meds package schema validation")):
+        n = len(report.by_check(check))
+        skipped = check == MEDS_CHECK and report.reference == "off"
+        verdict = "skipped" if skipped else "passed" if n == 0 else f"{n} error(s)"
+        console.print(Text(f"{what}: {verdict}", style="green" if n == 0 else "red"))
     if report.errors:
         console.print(Text(f"INVALID: {len(report.errors)} error(s) in {report.root}",
                            style="bold red"))

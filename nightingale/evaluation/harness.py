@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from nightingale import schema as S
-from nightingale.data.meds_io import MEDSDataset
+from nightingale.data.meds_io import MEDSDataset, write_meds_parquet
 from nightingale.evaluation import metrics as M
 from nightingale.evaluation.intrinsic import IntrinsicConfig, evaluate_intrinsic
 from nightingale.evaluation.progress import Progress
@@ -97,11 +97,21 @@ def score(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict[str, Any
 
 
 def meds_predictions(labels: pl.DataFrame, p: np.ndarray) -> pl.DataFrame:
-    """The meds-evaluation prediction columns."""
+    """The meds-evaluation prediction columns (`S.PredictionSchema`); probabilities are float32
+    there, so the report scores `as_written(p)`, the very numbers in the file."""
     return labels.select(S.SUBJECT_ID, S.PREDICTION_TIME, S.BOOLEAN_VALUE).with_columns(
-        pl.Series("predicted_boolean_value", p >= 0.5),
-        pl.Series("predicted_boolean_probability", p.astype(np.float64)),
+        pl.Series(S.PREDICTED_BOOLEAN_VALUE, p >= 0.5),
+        pl.Series(S.PREDICTED_BOOLEAN_PROBABILITY, p.astype(np.float32)),
     )
+
+
+def as_written(p: np.ndarray) -> np.ndarray:
+    """Probabilities rounded as the predictions file stores them (float32), back as float64."""
+    return np.asarray(p, dtype=np.float32).astype(np.float64)
+
+
+def write_predictions(labels: pl.DataFrame, p: np.ndarray, path: Path) -> None:
+    write_meds_parquet(meds_predictions(labels, p), path, S.PredictionSchema)
 
 
 def oracle_outcome(task: Task) -> str | None:
@@ -171,16 +181,25 @@ class Harness:
         for name, task in tasks.items():
             lab, rep = label_dataset(task, self.meds, S.HELD_OUT, return_report=True)
             labels[name] = sample_labels(lab, tcfg.max_labels, tcfg.seed)
-            reports[name] = {**rep.as_dict(), "evaluated": len(labels[name])}
+            reports[name] = {**(rep if isinstance(rep, dict) else rep.as_dict()),
+                             "evaluated": len(labels[name])}
         self.timings["labels_s"] = time.perf_counter() - t0
         corpus = TokenCorpus(self.data_dir / "corpus" / S.HELD_OUT)
         spec = {n: (t.outcome_codes, t.horizon_days) for n, t in tasks.items()}
         total_rows = sum(len(v) for v in labels.values())
         t0 = time.perf_counter()
+        collector = None
+        if zcfg.trajectories:
+            from nightingale.inference.trajectories import TrajectoryCollector
+
+            collector = TrajectoryCollector(self._engine().vocab, zcfg.rollouts)
         with self.progress.bar(f"zero-shot rollouts ({zcfg.rollouts} per prediction)", total=total_rows) as bar:
             rolled = self.loop.run_until_complete(task_rollouts(
-                self._engine(), corpus, spec, labels, zcfg, progress=lambda d, n: bar.update(d, n)))
+                self._engine(), corpus, spec, labels, zcfg, progress=lambda d, n: bar.update(d, n),
+                trajectories=collector))
         self.timings["rollouts_s"] = time.perf_counter() - t0
+        if collector is not None:  # one file per sample index (MEDS_trajectory_evaluation's layout)
+            collector.write(self.out / "trajectories")
         out: dict[str, Any] = {}
         pred_dir = self.out / "predictions"
         pred_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +211,7 @@ class Harness:
                 entry["note"] = "no held-out labels: nothing to score"
                 out[name] = entry
                 continue
-            p = r.probability
+            p = as_written(r.probability)
             entry["model"] = score(y, p, tcfg.bootstrap, tcfg.seed)
             entry["model"].update(estimator=r.estimator, rollouts=zcfg.rollouts,
                                   truncated_rollout_share=float(r.truncated.mean()))
@@ -201,13 +220,15 @@ class Harness:
             else:
                 entry["gate_note"] = f"fewer than {tcfg.min_class} positive or negative labels: not gated"
             entry["auroc_by_rollouts"] = {e: auroc_by_rollouts(y, v, ROLLOUT_COUNTS) for e, v in r.values.items()}
-            meds_predictions(r.labels, p).write_parquet(pred_dir / f"{name}.model.parquet")
+            write_meds_parquet(r.labels, self.out / "labels" / f"{name}.parquet", S.MEDSLabelSchema)
+            write_predictions(r.labels, p, pred_dir / f"{name}.model.parquet")
             preds = {"model": p}
             if tcfg.baseline:
                 bp = self._baseline(task, r.labels)
                 if bp is not None:
+                    bp = as_written(bp)
                     entry["baseline"] = score(y, bp, tcfg.bootstrap, tcfg.seed)
-                    meds_predictions(r.labels, bp).write_parquet(pred_dir / f"{name}.baseline.parquet")
+                    write_predictions(r.labels, bp, pred_dir / f"{name}.baseline.parquet")
                     preds["baseline"] = bp
                 else:
                     entry["baseline"] = None
@@ -234,10 +255,10 @@ class Harness:
     def _baseline(self, task: Task, held_labels: pl.DataFrame) -> np.ndarray | None:
         from nightingale.evaluation.baseline import fit_and_predict
 
-        train_labels = label_dataset(task, self.meds, S.TRAIN)
         try:
+            train_labels = label_dataset(task, self.meds, S.TRAIN)
             return fit_and_predict(self.meds.scan(), train_labels, held_labels, name=task.name)
-        except ValueError as e:  # e.g. one class in the training labels
+        except ValueError as e:  # e.g. one class in the training labels, or no train labels given
             log.warning("task %s: no supervised baseline (%s)", task.name, e)
             return None
 

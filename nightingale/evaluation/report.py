@@ -7,6 +7,9 @@ interrupted evaluation leaves the previous report, or none, never half of one):
     <model_dir>/evaluation/report.md        the same for people, with the plots
     <model_dir>/evaluation/plots/*.png      calibration, ROC, AUROC by rollouts, synthetic checks
     <model_dir>/evaluation/predictions/*.parquet   meds-evaluation columns, per task and predictor
+    <model_dir>/evaluation/labels/*.parquet        the held-out labels scored (MEDS label schema)
+    <model_dir>/evaluation/trajectories/*.parquet  with zeroshot.trajectories: the rollouts, one file
+                                                   per sample index (MEDS generated trajectories)
     <model_dir>/gate_report.json            {"passed", "failed", ...}: what the server reads
 """
 
@@ -99,6 +102,11 @@ def markdown(report: Mapping[str, Any]) -> str:
                                  f"{_ci(m, 'auprc')} | {_ci(m, 'brier')} | {_ci(m, 'ece')} |")
         lines.append("")
         for name, t in tasks.items():
+            if t["labels"].get("rule"):  # ACES and label-file tasks say where their labels came from
+                spec = t.get("task", {})
+                lines.append(f"- {name}: labels: {t['labels']['rule']}; the model forecasts "
+                             f"{', '.join(spec.get('outcome_codes', []))} within {_f(spec.get('horizon_days'), 1)} days"
+                             + (f" ({spec['forecast_note']})" if spec.get("forecast_note") else ""))
             if t.get("model_auroc_fraction_of_oracle") is not None:
                 lines.append(f"- {name}: model AUROC = {_f(t['model_auroc_fraction_of_oracle'])} of the oracle's")
             for est, by in (t.get("auroc_by_rollouts") or {}).items():

@@ -52,6 +52,14 @@ import yaml
 
 from nightingale import schema as S
 from nightingale.data.meds_io import MEDSDataset
+from nightingale.evaluation.external_tasks import (
+    AcesTask,
+    LabelFileTask,
+    is_aces_config,
+    is_label_file_task,
+    load_aces_task,
+    load_label_file_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +134,9 @@ def _check(task: Task) -> None:
     if not isinstance(task.description, str):
         raise bad("description", f"must be a string, got {task.description!r}")
     for field in ("outcome_codes", "trigger_codes"):
-        codes = getattr(task, field)
-        if not isinstance(codes, tuple) or not all(
-            isinstance(c, str) and c.rstrip("*") and "*" not in c[:-1] for c in codes
-        ):
-            raise bad(field, f"must be a list of codes or prefixes ending in '*', got {codes!r}")
+        problem = check_code_patterns(getattr(task, field))
+        if problem:
+            raise bad(field, problem)
     if not task.outcome_codes:
         raise bad("outcome_codes", "must list at least one code")
     for field in ("horizon_days", "offset_days"):
@@ -162,17 +168,32 @@ def _check(task: Task) -> None:
             raise bad(field, f"must be an integer >= {low}, got {v!r}")
 
 
-def load_task(path: str | Path) -> Task:
-    """One task from a YAML file; errors name the file and the field."""
+def check_code_patterns(codes: Any) -> str | None:
+    """Why `codes` is not a tuple of codes or prefixes ending in ``*``, or None if it is."""
+    if not isinstance(codes, tuple) or not all(
+        isinstance(c, str) and c.rstrip("*") and "*" not in c[:-1] for c in codes
+    ):
+        return f"must be a list of codes or prefixes ending in '*', got {codes!r}"
+    return None
+
+
+def load_task(path: str | Path) -> Task | AcesTask | LabelFileTask:
+    """One task from a YAML file: the built-in format, an ACES task config (it has `trigger` and
+    `windows`) or a label-file task (it has `labels`); see external_tasks.py for the latter two.
+    Errors name the file and the field."""
     path = Path(path)
     try:
         mapping = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if is_aces_config(mapping):
+        return load_aces_task(path, mapping)
+    if is_label_file_task(mapping):
+        return load_label_file_task(path, mapping)
     return Task.from_mapping(mapping if mapping is not None else {}, source=str(path))
 
 
-def load_tasks(paths: str | Path | Iterable[str | Path]) -> dict[str, Task]:
+def load_tasks(paths: str | Path | Iterable[str | Path]) -> dict[str, Task | AcesTask | LabelFileTask]:
     """Tasks by name from YAML files, or from every ``*.yaml``/``*.yml`` in a directory (sorted)."""
     if isinstance(paths, (str, Path)):
         p = Path(paths)
@@ -184,7 +205,7 @@ def load_tasks(paths: str | Path | Iterable[str | Path]) -> dict[str, Task]:
             files = [p]
     else:
         files = [Path(p) for p in paths]
-    tasks: dict[str, Task] = {}
+    tasks: dict[str, Task | AcesTask | LabelFileTask] = {}
     for f in files:
         task = load_task(f)
         if task.name in tasks:
@@ -221,6 +242,15 @@ def draw_keys(subject_ids: np.ndarray, times_us: np.ndarray, seed: int) -> np.nd
     with np.errstate(over="ignore"):
         x = mix(np.asarray(subject_ids).astype(np.uint64) + golden * np.uint64((seed + 1) % 2**64))
         return mix((x ^ np.asarray(times_us).astype(np.uint64)) + golden)
+
+
+def draw_one_per_subject(rows: pl.DataFrame, seed: int, time_col: str = S.PREDICTION_TIME) -> pl.DataFrame:
+    """One row per subject: the one whose (subject, time) has the smallest draw key (uniform over
+    the subject's distinct times; the same draw the built-in tasks make)."""
+    if rows.is_empty():
+        return rows
+    return (rows.with_columns(_draw_key(seed, time_col).alias("_key"))
+            .sort("_key").unique(S.SUBJECT_ID, keep="first").drop("_key"))
 
 
 def _draw_key(seed: int, time_col: str) -> pl.Expr:
@@ -379,11 +409,16 @@ def build_labels(
 
 
 def label_dataset(
-    task: Task, dataset: MEDSDataset, split: str, *, return_report: bool = False
-) -> pl.DataFrame | tuple[pl.DataFrame, LabelReport]:
-    """Labels of `task` for the subjects of one split (train, tuning or held_out) of `dataset`."""
+    task: Task | AcesTask | LabelFileTask, dataset: MEDSDataset, split: str, *,
+    return_report: bool = False,
+) -> pl.DataFrame | tuple[pl.DataFrame, LabelReport | dict[str, Any]]:
+    """Labels of `task` for the subjects of one split (train, tuning or held_out) of `dataset`;
+    ACES and label-file tasks label themselves (their report is a dict of the same counts)."""
     if split not in S.SPLITS:
         raise ValueError(f"split: {split!r} is not one of {S.SPLITS}")
+    if isinstance(task, AcesTask | LabelFileTask):
+        labels, report = task.label_split(dataset, split)
+        return (labels, report) if return_report else labels
     ids = dataset.subjects(split)
     if ids.is_empty():
         raise ValueError(f"split: {dataset.root} has no subjects in split {split!r}")

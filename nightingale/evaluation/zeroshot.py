@@ -37,7 +37,8 @@ DAY_S = 86_400.0
 class ZeroShotConfig:
     """rollouts: per label row; estimator: the one the task is scored with (the other is
     reported beside it); batch: prompts submitted to the engine at once (bounds memory and gives
-    progress); max_new_tokens / reserve_tokens / seed: as ForecastConfig."""
+    progress); max_new_tokens / reserve_tokens / seed: as ForecastConfig; trajectories: also
+    write the rollouts as MEDS generated trajectories (inference/trajectories.py)."""
 
     rollouts: int = 8
     estimator: str = "probability"
@@ -45,6 +46,7 @@ class ZeroShotConfig:
     max_new_tokens: int = 1024
     reserve_tokens: int = 64
     seed: int = 0
+    trajectories: bool = False
 
     def __post_init__(self) -> None:
         for name in ("rollouts", "batch", "max_new_tokens", "reserve_tokens"):
@@ -77,11 +79,12 @@ class TaskRollouts:
 
 async def task_rollouts(engine: Engine, corpus, tasks: Mapping[str, tuple[Sequence[str], float]],
                         labels: Mapping[str, pl.DataFrame], cfg: ZeroShotConfig,
-                        progress=None) -> dict[str, TaskRollouts]:
+                        progress=None, trajectories=None) -> dict[str, TaskRollouts]:
     """Both estimators' per-rollout values for every task's label rows.
 
     tasks: name -> (outcome codes, horizon in days); labels: name -> MEDS label frame
-    (subject_id, prediction_time, boolean_value). `progress(done, total)` is called per batch.
+    (subject_id, prediction_time, boolean_value). `progress(done, total)` is called per batch;
+    `trajectories` (a TrajectoryCollector) receives every rollout when given.
     """
     vocab = engine.vocab
     outcomes = outcome_token_ids(vocab, {name: list(codes) for name, (codes, _) in tasks.items()}, strict=False)
@@ -115,7 +118,9 @@ async def task_rollouts(engine: Engine, corpus, tasks: Mapping[str, tuple[Sequen
         for b in range(0, len(idx), cfg.batch):
             part = idx[b : b + cfg.batch]
             fc = await forecast(engine, [prompts[i] for i in part], outcomes, [x * DAY_S for x in hs], fcfg,
-                                lead_s[part])
+                                lead_s[part], keep_rollouts=trajectories is not None)
+            if trajectories is not None:
+                trajectories.add(fc.rollouts_kept, sid[part], [prompts[i].anchor_us for i in part], t_us[part])
             for e in ESTIMATORS:
                 values[e][part, :, : len(hs)] = fc.values(e)  # hs is a prefix of the sorted horizons
             truncated[part] = fc.truncated

@@ -134,6 +134,7 @@ class Forecast:
     estimator: str
     tokens: int = 0
     tokens_past_horizon: int = 0
+    rollouts_kept: list[list[Rollout]] | None = None  # per prompt, when forecast(keep_rollouts=True)
 
     @property
     def rollouts(self) -> int:
@@ -164,11 +165,13 @@ class Forecast:
 
 async def forecast(engine: Engine, prompts: Sequence[Prompt], outcomes: Mapping[str, np.ndarray],
                    horizons_s: Sequence[float], cfg: ForecastConfig,
-                   lead_s: Sequence[float] | None = None) -> Forecast:
+                   lead_s: Sequence[float] | None = None, *, keep_rollouts: bool = False) -> Forecast:
     """Rollouts of every prompt to lead + the longest horizon, and both estimators' values.
 
     outcomes: name -> token ids (outcome_token_ids); horizons_s: seconds, counted from the
-    prediction time; lead_s: per prompt, prediction time - anchor in seconds (default 0)."""
+    prediction time; lead_s: per prompt, prediction time - anchor in seconds (default 0);
+    keep_rollouts: also return the sampled futures themselves (e.g. to write them out as
+    generated trajectories, inference/trajectories.py)."""
     horizons = np.asarray(horizons_s, dtype=np.float64)
     if not len(horizons) or not (horizons > 0).all():
         raise ValueError(f"horizons_s: positive seconds, got {list(horizons_s)}")
@@ -198,5 +201,6 @@ async def forecast(engine: Engine, prompts: Sequence[Prompt], outcomes: Mapping[
         for a, n in enumerate(names):
             for j, r in enumerate(rs):
                 count[i, a, :, j], prob[i, a, :, j] = rollout_values(r, outcomes[n], columns[n], float(leads[i]), horizons)
-    return Forecast(names, horizons, count, prob, truncated, cfg.estimator, tokens, past)
+    return Forecast(names, horizons, count, prob, truncated, cfg.estimator, tokens, past,
+                    rolls if keep_rollouts else None)
 

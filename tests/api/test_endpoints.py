@@ -13,6 +13,7 @@ import pytest
 from nightingale import schema as S
 from nightingale.data.validate import validate_meds
 from tests.inference.harness import NEVER_CODE, TRIGGER_CODE
+from tests.meds_check import assert_meds_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -125,6 +126,7 @@ def test_cohort_job_lifecycle(generator, admin, forecaster, tmp_path):
     zipfile.ZipFile(io.BytesIO(z.content)).extractall(root)
     report = validate_meds(root)
     assert report.ok, [str(e) for e in report.errors]
+    assert_meds_dataset(root)  # and the `meds` package's own schemas, independently
     c = generator.get(f"/v1/cohorts/{job['id']}/download", params={"format": "csv"})
     assert c.status_code == 200 and c.text.startswith("subject_id,time,code,numeric_value")
     csv = pl.read_csv(io.BytesIO(c.content))
@@ -162,3 +164,39 @@ def test_audit_log_has_no_identifiers(server, forecaster):
     assert rec["patients"] == 1 and rec["rollouts"] == 4
     for needle in (ref, "8841", "ICD10", "J44.9", "1948-02-03", "SNOMED", "fk-test-1"):
         assert needle not in text
+
+
+def test_forecast_trajectories_are_the_rollouts_behind_the_forecast(forecaster, tmp_path):
+    """POST /v1/forecasts/trajectories returns the futures POST /v1/forecasts counted: with the
+    count estimator and the same seed, each risk is the share of trajectory files in which the
+    outcome happens within the horizon; every file is in MEDS_trajectory_evaluation's schema."""
+    import pyarrow.parquet as pq
+    from MEDS_trajectory_evaluation.schema import GeneratedTrajectorySchema
+
+    body = forecast_body([patient("a"), patient("b", last=TRIGGER_CODE), patient("c", n=4)], rollouts=8,
+                         estimator="count", seed=7, horizons_days=[365],
+                         outcomes=[{"name": "death", "codes": ["MEDS_DEATH"]},
+                                   {"name": "cardiac", "codes": ["ICD10//I2*", "ICD10//I50.9"]}])
+    out = forecaster.post("/v1/forecasts", json=body).json()
+    risks = {(p["ref"], x["outcome"]): x["probability"] for p in out["patients"] for x in p["risks"]}
+    z = forecaster.post("/v1/forecasts/trajectories", json=body)
+    assert z.status_code == 200 and z.headers["content-type"] == "application/zip", z.text[:500]
+    zipfile.ZipFile(io.BytesIO(z.content)).extractall(tmp_path)
+    files = sorted(tmp_path.glob("*.parquet"), key=lambda p: int(p.stem))
+    assert [p.stem for p in files] == [str(k) for k in range(8)]
+    frames = []
+    for p in files:
+        GeneratedTrajectorySchema.validate(pq.read_table(p))
+        frames.append(pl.read_parquet(p))
+    code = pl.col(S.CODE)
+    matches = {"death": code == S.DEATH_CODE,
+               "cardiac": code.str.starts_with("ICD10//I2") | (code == "ICD10//I50.9")}
+    end = pl.col(S.PREDICTION_TIME) + pl.duration(days=365)
+    for i, ref in enumerate("abc"):
+        for outcome, match in matches.items():
+            hits = [not f.filter((pl.col(S.SUBJECT_ID) == i) & match & (pl.col(S.TIME) <= end)).is_empty()
+                    for f in frames]
+            assert sum(hits) / 8 == pytest.approx(risks[(ref, outcome)]), (ref, outcome)
+    assert risks[("b", "death")] == 1.0  # the planted trigger: every trajectory of b dies
+    bad = forecaster.post("/v1/forecasts/trajectories", json={**body, "rollouts": 0})
+    assert bad.status_code == 422 and "rollouts" in bad.text

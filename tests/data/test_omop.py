@@ -15,6 +15,7 @@ import pytest
 from nightingale import schema as S
 from nightingale.data.omop import OMOPImportConfig, OMOPInputError, command, convert_omop
 from nightingale.data.privacy import PrivacyConfigError, PrivacyPolicy
+from tests.meds_check import assert_meds_dataset
 
 log = logging.getLogger(__name__)
 KEY = b"omop-test-key-0123456789abcdef"
@@ -198,7 +199,8 @@ def _events(root: Path) -> pl.DataFrame:
 
 
 def check_meds(root: Path) -> pl.DataFrame:
-    """Our own MEDS 0.4 checks; returns all events."""
+    """Our own MEDS 0.4 checks and the `meds` package's schemas; returns all events."""
+    assert_meds_dataset(root)
     shards = sorted((root / S.DATA_DIR).rglob("*.parquet"))
     seen: dict[int, str] = {}
     for shard in shards:

@@ -16,6 +16,7 @@ from nightingale.data.meds_io import MEDSDataset
 from nightingale.data.simulator import SimulatorConfig, simulate
 from nightingale.data.simulator import codes as C
 from nightingale.data.simulator import model as M
+from tests.meds_check import assert_meds_dataset
 
 SUBJECTS, SHARD = 1500, 500
 
@@ -39,6 +40,7 @@ def _digest(root: Path) -> dict[str, str]:
 
 # --- MEDS validity ---------------------------------------------------------------------------------
 def test_layout_and_dtypes(sim):
+    assert_meds_dataset(sim)  # the `meds` package's own schemas
     ds = MEDSDataset(sim)
     names = {ds.shard_name(p) for p in ds.shards()}
     assert names == {f"{s}/{k}" for s in S.SPLITS for k in range(SUBJECTS // SHARD)}
@@ -47,7 +49,8 @@ def test_layout_and_dtypes(sim):
         assert dict(df.schema) == S.DATA_SCHEMA, path
         assert df[S.SUBJECT_ID].null_count() == 0 and df[S.CODE].null_count() == 0
     meta = json.loads((sim / S.DATASET_FILE).read_text())
-    assert meta["created_at"] is None and meta["simulator"]["seed"] == 11
+    # the extract date (the day after the window ends), not the wall clock: seeds stay reproducible
+    assert meta["created_at"] == "2026-01-01T00:00:00+00:00" and meta["simulator"]["seed"] == 11
     assert meta["meds_version"] == S.MEDS_VERSION and meta["privacy"]["pseudonymised"] is False
 
 

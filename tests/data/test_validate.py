@@ -12,8 +12,10 @@ import pytest
 
 from nightingale import cli
 from nightingale import schema as S
-from nightingale.data.meds_io import MEDSWriter
+from nightingale.data.meds_io import MEDSWriter, write_meds_parquet
 from nightingale.data.validate import (
+    MEDS_CHECK,
+    NIGHTINGALE_CHECK,
     MEDSValidationError,
     summarise_meds,
     validate_meds,
@@ -136,8 +138,11 @@ def test_float_subject_id(mimic_copy, run_cli):
     _rejected(mimic_copy, run_cli, "data/train/0.parquet", "column 'subject_id'", "Float64",
               "expected Int64")
     # An unreadable shard stops the cross-shard checks instead of echoing its subjects.
-    report = validate_meds(mimic_copy)
+    report = validate_meds(mimic_copy, reference="off")
     assert len(report.errors) == 1 and report.warnings == [] and report.summary is None
+    # The `meds` package's own check finds it too, and says so separately.
+    (ref,) = validate_meds(mimic_copy).by_check(MEDS_CHECK)
+    assert ref.file == "data/train/0.parquet" and "subject_id (want int64, got double)" in ref.message
     with pytest.raises(MEDSValidationError, match="Float64"):
         summarise_meds(mimic_copy)
 
@@ -165,7 +170,8 @@ def test_code_missing_from_codes_metadata(mimic_copy, run_cli):
     train = pl.read_parquet(_shard(mimic_copy, "train"))
     code = train[S.CODE][500]
     codes = pl.read_parquet(mimic_copy / S.CODES_FILE)
-    codes.filter(pl.col(S.CODE) != code).write_parquet(mimic_copy / S.CODES_FILE)
+    write_meds_parquet(codes.filter(pl.col(S.CODE) != code), mimic_copy / S.CODES_FILE,
+                       S.MEDSCodeMetadataSchema)
     # The first shard (sorted by path) holding the code, and its first row there.
     for split in ("held_out", "train", "tuning"):
         rows = pl.read_parquet(_shard(mimic_copy, split)).with_row_index("i").filter(
@@ -228,13 +234,20 @@ def _tiny_events() -> pl.DataFrame:
 
 
 def _write_tiny(out: Path, events: pl.DataFrame, *, conform: bool = True) -> Path:
-    codes = pl.DataFrame({S.CODE: events[S.CODE].unique().sort()})
+    """A two-subject dataset; with conform=False the shards are then overwritten exactly as
+    given (polars' own writer: large_string codes, whatever dtypes `events` has)."""
+    codes = pl.DataFrame({S.CODE: events[S.CODE].drop_nulls().unique().sort()})
+    shards = {"train/0": events.filter(pl.col(S.SUBJECT_ID) == 1),
+              "held_out/0": events.filter(pl.col(S.SUBJECT_ID) == 2)}
     with MEDSWriter(out) as w:
-        w.write_shard("train/0", events.filter(pl.col(S.SUBJECT_ID) == 1), conform=conform)
-        w.write_shard("held_out/0", events.filter(pl.col(S.SUBJECT_ID) == 2), conform=conform)
+        for name, frame in shards.items():
+            w.write_shard(name, frame.with_columns(pl.col(S.CODE).fill_null("X")))
         w.write_codes(codes)
         w.write_splits(pl.DataFrame({S.SUBJECT_ID: [1, 2], S.SPLIT: [S.TRAIN, S.HELD_OUT]}))
         w.write_dataset_json({"dataset_name": "tiny"})
+    if not conform:
+        for name, frame in shards.items():
+            frame.write_parquet(out / S.DATA_DIR / f"{name}.parquet")
     return out
 
 
@@ -254,11 +267,18 @@ def test_warnings_do_not_fail(tmp_path):
         pl.Series(S.NUMERIC_VALUE, [None, None, float("nan"), None, None, None], pl.Float64),
         pl.col(S.TIME).dt.cast_time_unit("ns"),
     )
-    report = validate_meds(_write_tiny(tmp_path / "tiny", events, conform=False))
+    root = _write_tiny(tmp_path / "tiny", events, conform=False)
+    report = validate_meds(root, reference="warn")
     assert report.ok, report.errors
     text = "\n".join(str(w) for w in report.warnings)
     assert "NaN/inf" in text and "Float64" in text and "time_unit='ns'" in text
     assert "optional column 'text_value' is absent" in text
+    # The `meds` package is exact where we are lenient: as errors (the default) these fail it.
+    strict = validate_meds(root)
+    assert not strict.ok and strict.by_check(NIGHTINGALE_CHECK) == []
+    ref = "\n".join(str(e) for e in strict.by_check(MEDS_CHECK))
+    assert "[meds] data/train/0.parquet" in ref and "code (want string, got large_string)" in ref
+    assert "numeric_value (want float, got double)" in ref
 
 
 def test_null_code_is_an_error(tmp_path):
@@ -284,3 +304,34 @@ def test_many_shards_summary(tmp_path):
         w.write_splits(splits)
     s = summarise_meds(tmp_path / "many")
     assert (s.n_shards, s.n_subjects, s.n_events) == (n, 2 * n, 6 * n)
+
+
+def test_meds_schema_rejects_null_created_at_and_writer_refuses_it(tmp_path, run_cli):
+    root = _write_tiny(tmp_path / "tiny", _tiny_events())
+    meta = json.loads((root / S.DATASET_FILE).read_text())
+    assert dt.datetime.fromisoformat(meta["created_at"]).tzinfo is not None and meta["etl_version"]
+    meta["created_at"] = None
+    (root / S.DATASET_FILE).write_text(json.dumps(meta))
+    report = validate_meds(root)
+    assert report.by_check(NIGHTINGALE_CHECK) == []
+    (err,) = report.by_check(MEDS_CHECK)
+    assert err.file == S.DATASET_FILE and "field 'created_at'" in err.message
+    code, out = run_cli(str(root))
+    assert code == 1 and "[meds] metadata/dataset.json" in out and "created_at" in out
+    assert "meds package schema validation: 1 error(s)" in out
+    # as warnings (reading someone else's data) it passes; off, it is not run at all
+    assert validate_meds(root, reference="warn").ok
+    assert validate_meds(root, reference="off").warnings == []
+    # our writer never produces it: the same metadata is refused before anything is written
+    with pytest.raises(ValueError, match="created_at"):
+        _write_tiny_meta(tmp_path / "refused", {"created_at": None})
+    assert not (tmp_path / "refused").exists() and not list(tmp_path.glob(".refused*"))
+
+
+def _write_tiny_meta(out: Path, meta: dict) -> None:
+    events = _tiny_events()
+    with MEDSWriter(out) as w:
+        w.write_shard("train/0", events)
+        w.write_codes(pl.DataFrame({S.CODE: events[S.CODE].unique()}))
+        w.write_splits(pl.DataFrame({S.SUBJECT_ID: [1, 2], S.SPLIT: [S.TRAIN, S.HELD_OUT]}))
+        w.write_dataset_json(meta)

@@ -152,7 +152,8 @@ def write_markov_meds(out: Path, n_subjects: int = SUBJECTS, seed: int = SEED) -
         w.write_codes(pl.DataFrame({S.CODE: list(CODES), S.DESCRIPTION: list(CODES.values()),
                                     S.PARENT_CODES: [[] for _ in CODES]}))
         w.write_dataset_json({"dataset_name": "nightingale-markov-test", "dataset_version": "1",
-                              "created_at": None, "subjects": n_subjects, "events": events.height,
+                              "created_at": "2020-01-01T00:00:00+00:00",  # fixed: seeds stay reproducible
+                              "subjects": n_subjects, "events": events.height,
                               "markov": {"states": list(STATES), "transitions": TRANSITIONS.tolist(),
                                          "gap_s": GAP_S, "max_steps": MAX_STEPS, "seed": seed}})
     return out

@@ -8,6 +8,7 @@ number of workers or on wall-clock time, so a seed always gives byte-identical f
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import multiprocessing as mp
 from collections.abc import Callable
@@ -163,7 +164,9 @@ def simulate(cfg: SimulatorConfig, out: str | Path, *, workers: int = 2, overwri
         w.write_dataset_json({
             "dataset_name": DATASET_NAME,
             "dataset_version": SIMULATOR_VERSION,
-            "created_at": None,  # no wall-clock time: a seed gives byte-identical output
+            # the simulated extract is taken at the end of its window, not at the wall-clock time,
+            # so a seed gives byte-identical output (MEDS wants a date-time here, not null)
+            "created_at": f"{cfg.end_date + dt.timedelta(days=1)}T00:00:00+00:00",
             "simulator": {**cfg.to_dict(), "step_days": STEP_DAYS, "version": SIMULATOR_VERSION},
             "privacy": policy.describe(removed),
             "subjects": splits.height,
