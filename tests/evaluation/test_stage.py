@@ -128,6 +128,24 @@ def test_bad_inputs_exit_2_and_leave_no_report(models, tmp_path):
     assert before == after
     r = _evaluate(tmp_path / "nope", root, tmp_path)
     assert r.returncode == 2 and "is not a folder" in r.stderr + r.stdout
+    # An ACES task whose predicate matches nothing in the data, and a label file with training subjects:
+    # refused by name before any rollout, and the previous report is left as it was.
+    typo = (REPO / "configs" / "eval" / "tasks" / "aces" / "simulator" / "mortality_1y.yaml").read_text()
+    (tmp_path / "typo.yaml").write_text(typo.replace("code: MEDS_DEATH", "code: MEDS_DAETH"))
+    r = _evaluate(trained, root, tmp_path, f"task_dir={tmp_path / 'typo.yaml'}")
+    assert r.returncode == 2 and "typo.yaml: field 'predicates.death'" in r.stderr + r.stdout
+    from nightingale.data.meds_io import MEDSDataset, write_meds_parquet
+    from nightingale.evaluation.tasks import label_dataset, load_task
+
+    train = label_dataset(load_task(REPO / "configs" / "eval" / "tasks" / "simulator" / "mortality_1y.yaml"),
+                          MEDSDataset(root / "meds"), "train")
+    write_meds_parquet(train, tmp_path / "train_rows.parquet", S.MEDSLabelSchema)
+    (tmp_path / "mine.yaml").write_text("name: mine\nlabels: train_rows.parquet\noutcome_codes: [MEDS_DEATH]\n"
+                                        "horizon_days: 365\n")
+    r = _evaluate(trained, root, tmp_path, f"task_dir={tmp_path / 'mine.yaml'}")
+    assert r.returncode == 2 and "train_rows.parquet: field 'subject_id'" in r.stderr + r.stdout
+    after = (trained / "gate_report.json").read_bytes() if (trained / "gate_report.json").exists() else None
+    assert before == after
     broken = tmp_path / "no_tokenizer"
     shutil.copytree(trained, broken)
     (broken / "tokenizer.json").unlink()
