@@ -3,7 +3,7 @@
 Steps (MEDS-Transforms style: each shard's output is written atomically with a `.done` marker, a
 rerun skips finished shards, and any one shard can run alone, e.g. as a Slurm array task):
 
-  fit_stats  train statistics of one shard        -> <out>/stats/<shard>.parquet (+ .done)
+  fit_stats  train statistics of one shard        -> <out>/stats/<shard>.parquet, .gaps.parquet
   fit_vocab  combine them, fit the vocabulary     -> <out>/vocab/{vocabulary,tokenizer}.json
   encode     encode one shard, cut by split       -> <out>/encoded/<shard>/<split>/ (+ .done)
   merge      concatenate shards per split; report -> <out>/corpus/<split>/, <out>/prepare_report.json
@@ -79,15 +79,22 @@ class Preparer:
     def _stats_path(self, shard: str) -> Path:
         return self.out / "stats" / f"{shard}.parquet"
 
+    def _gap_stats_path(self, shard: str) -> Path:
+        return self.out / "stats" / f"{shard}.gaps.parquet"
+
     def fit_shard(self, shard: str, train: pl.Series | None = None) -> bool:
-        """Train statistics of one shard; returns False when already done."""
-        path = self._stats_path(shard)
-        if path.exists():
+        """Train statistics of one shard (codes, and time gaps per rung); False when already done."""
+        path, gaps = self._stats_path(shard), self._gap_stats_path(shard)
+        if path.exists() and gaps.exists():
             return False
         train = fit_mod.train_subjects(self.ds) if train is None else train
-        stats = fit_mod.shard_stats(self.ds.scan(self._shard_path(shard)), train, self.cfg.tokenizer)
-        with atomic_file(path) as tmp:
-            stats.write_parquet(tmp)
+        events = self.ds.scan(self._shard_path(shard))
+        if not path.exists():
+            stats = fit_mod.shard_stats(events, train, self.cfg.tokenizer)
+            with atomic_file(path) as tmp:
+                stats.write_parquet(tmp)
+        with atomic_file(gaps) as tmp:
+            fit_mod.shard_gap_stats(events, train, self.cfg.tokenizer).write_parquet(tmp)
         return True
 
     def fit_shards(self) -> list[str]:
@@ -106,7 +113,9 @@ class Preparer:
             self.fit_shard(shard, train)
         parts = [pl.read_parquet(self._stats_path(s)) for s in shards]
         stats = fit_mod.combine_stats(parts, self.cfg.tokenizer)
-        vocab = Vocabulary.fit(stats, self.cfg.tokenizer, fit_mod.dataset_parents(self.ds))
+        gap_decode_s = fit_mod.combine_gap_stats(
+            [pl.read_parquet(self._gap_stats_path(s)) for s in shards], self.cfg.tokenizer)
+        vocab = Vocabulary.fit(stats, self.cfg.tokenizer, fit_mod.dataset_parents(self.ds), gap_decode_s)
         with atomic_dir(vdir, overwrite=True) as tmp:
             vocab.save(tmp)
         return vocab

@@ -2,7 +2,7 @@
 
 Expected layout (what `encode`/the corpus produce and what a model continues): an optional prefix
 of static code tokens, an age token and SOT, then the body. In the body, time-gap tokens advance
-the clock from `start_time` (each rung decodes to the midpoint of its interval, the top rung to
+the clock from `start_time` (each rung decodes to its mean training gap, `gap_decode_s`, the top rung to
 exactly its length, so a repeated top rung adds whole years); a code token is an event at the
 current time; a value-bin token right after a code with bins gives that event a value drawn
 uniformly within the bin (or its centre). Anything else cannot be placed and is dropped *and

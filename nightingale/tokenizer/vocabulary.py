@@ -72,13 +72,23 @@ class Vocabulary:
             self.edges[i, : len(full)] = full
             self.n_bins[i] = len(full) - 1
             self.inner_edges[i, : len(full) - 2] = full[1:-1]
-        # Time gaps: lower edges in seconds; decode value = midpoint to the next rung, top rung exact.
+        # Time gaps: lower edges in seconds; decode value = the mean training gap of the rung
+        # (`gap_decode_s` in the spec, fitted by tokenizer/fit.py), the top rung exactly its length;
+        # specs fitted before that decode to the midpoint to the next rung.
         ladder = self.config.ladder_seconds()
         self.gap_ids = np.array([self.token_to_id[F.TIME_GAP_PREFIX + t] for t in self.config.time_ladder])
         self.ladder_s = np.asarray(ladder)
         mids = [(a + b) / 2 for a, b in zip(ladder, ladder[1:])] + [ladder[-1]]
+        fitted = spec.get("gap_decode_s")
+        if fitted is not None:
+            bad = len(fitted) != len(ladder) or any(
+                not lo <= v <= (hi if hi is not None else lo)
+                for v, lo, hi in zip(fitted, ladder, [*ladder[1:], None]))
+            if bad:
+                raise ValueError(f"vocabulary gap_decode_s: one value per rung of {self.config.time_ladder}, "
+                                 f"each within its rung; got {fitted}")
         self.gap_decode_s = np.zeros(n)
-        self.gap_decode_s[self.gap_ids] = mids
+        self.gap_decode_s[self.gap_ids] = fitted if fitted is not None else mids
         self.age_unknown_id = self.token_to_id[F.AGE_UNKNOWN]
         self.age_ids = np.array([self.token_to_id[t] for t in age_band_tokens(self.config)])
         self.age_lower_years = np.full(n, np.nan)
@@ -132,11 +142,13 @@ class Vocabulary:
         stats: pl.DataFrame,
         config: TokenizerConfig,
         parents: Mapping[str, list[str]] | None = None,
+        gap_decode_s: list[float] | None = None,
     ) -> Vocabulary:
         """Fit from train-split statistics (see `nightingale.tokenizer.fit.combine_stats`).
 
         `stats` has one row per code: count (events), static_count (events with null time) and
-        values (a bounded random sample of the finite numeric values, float64).
+        values (a bounded random sample of the finite numeric values, float64). `gap_decode_s`:
+        seconds each time-gap rung decodes to (`fit.combine_gap_stats`); None: the midpoints.
         """
         parents = {k: list(v) for k, v in (parents or {}).items() if v}
         stats = stats.filter(~pl.col(S.CODE).is_in(list(F.CONSUMED_CODES)))
@@ -198,6 +210,7 @@ class Vocabulary:
             "codes": codes,
             "static_codes": static_codes,
             "value_edges": value_edges,
+            **({"gap_decode_s": [float(v) for v in gap_decode_s]} if gap_decode_s is not None else {}),
             "counts": {c: int(counts.get(c, 0)) for c in code_order},
             "parents": {c: p for c, p in parents.items() if c in counts or c in kept},
         }

@@ -24,6 +24,7 @@ from nightingale.evaluation.tasks import (
     load_task,
     load_tasks,
     match_codes,
+    observation_end,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,6 +90,41 @@ def test_death_within_the_horizon_is_positive_and_censoring_is_by_record_end():
     assert (report.subjects, report.candidates, report.censored) == (4, 3, 1)
     assert (report.kept, report.positives, report.excluded_new_only) == (2, 1, 0)
     assert report.prevalence == pytest.approx(1 / 2)
+
+
+def test_a_known_observation_end_keeps_survivors_whose_records_end_early():
+    """With the dataset's observation end known, a survivor with no event after t + horizon is a
+    negative, not censored; only a horizon that runs past the observation end is censored."""
+    events = frame(
+        (1, 0, "GP"),
+        (1, 200, S.DEATH_CODE),
+        (2, 0, "GP"),
+        (2, 100, "GP"),  # alive, record quiet after day 100
+        (5, 500, "GP"),  # alive; t + 365 days runs past the observation end (day 700)
+    )
+    by_record, rep = build_labels(MORTALITY, events, return_report=True)
+    assert labels_of(by_record) == {(1, at(0)): True}  # without the end: 2 and 5 censored
+    assert rep.censoring == "on the last event of each record"
+    known, rep = build_labels(MORTALITY, events, return_report=True, observation_end=at(700))
+    assert dict(zip(known[S.SUBJECT_ID], known[S.BOOLEAN_VALUE])) == {1: True, 2: False}
+    assert (rep.censored, rep.kept, rep.positives) == (1, 2, 1) and "observation end" in rep.censoring
+
+
+def test_simulator_datasets_censor_on_their_end_date(tmp_path):
+    """The simulator says where observation ends (dataset.json); labels use it, and the prevalence
+    is then that of the process rather than inflated by censored survivors."""
+    from nightingale.data.meds_io import MEDSDataset
+    from nightingale.data.simulator import SimulatorConfig, simulate
+    simulate(SimulatorConfig(subjects=600, shard_size=300, seed=2), tmp_path / "m", workers=1)
+    ds = MEDSDataset(tmp_path / "m")
+    assert observation_end(ds) == dt.datetime(2026, 1, 1)
+    known, rep = label_dataset(MORTALITY, ds, S.TRAIN, return_report=True)
+    by_record, old = build_labels(MORTALITY, ds.scan(), ds.subjects(S.TRAIN), return_report=True)
+    assert old.censored > rep.censored and rep.kept > old.kept and rep.prevalence < old.prevalence
+    # every row kept on the record's last event is kept (same label) under the known end
+    assert by_record.join(known, on=[S.SUBJECT_ID, S.PREDICTION_TIME], how="anti").is_empty()
+    censored_ends = known.join(by_record, on=[S.SUBJECT_ID, S.PREDICTION_TIME], how="anti")
+    assert not censored_ends[S.BOOLEAN_VALUE].any()  # what the old rule dropped were negatives
 
 
 def test_death_without_the_outcome_is_a_known_negative():
@@ -333,7 +369,7 @@ def test_label_dataset_takes_one_split(simulated):
     labels = label_dataset(MORTALITY, simulated, S.HELD_OUT)
     held_out = set(splits.filter(pl.col(S.SPLIT) == S.HELD_OUT)[S.SUBJECT_ID])
     assert labels.height and set(labels[S.SUBJECT_ID]) <= held_out
-    everyone = build_labels(MORTALITY, simulated.scan())
+    everyone = build_labels(MORTALITY, simulated.scan(), observation_end=observation_end(simulated))
     assert labels.equals(everyone.filter(pl.col(S.SUBJECT_ID).is_in(list(held_out))))
     with pytest.raises(ValueError, match="split"):
         label_dataset(MORTALITY, simulated, "test")

@@ -167,6 +167,8 @@ def simulate(cfg: SimulatorConfig, out: str | Path, *, workers: int = 2, overwri
             # the simulated extract is taken at the end of its window, not at the wall-clock time,
             # so a seed gives byte-identical output (MEDS wants a date-time here, not null)
             "created_at": f"{cfg.end_date + dt.timedelta(days=1)}T00:00:00+00:00",
+            # every subject is followed to the end date (inclusive) or death: labels censor on it
+            "observation_end": f"{cfg.end_date + dt.timedelta(days=1)}T00:00:00",
             "simulator": {**cfg.to_dict(), "step_days": STEP_DAYS, "version": SIMULATOR_VERSION},
             "privacy": policy.describe(removed),
             "subjects": splits.height,
