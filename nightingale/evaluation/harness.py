@@ -42,12 +42,15 @@ ROLLOUT_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 class TasksConfig:
     """max_labels: held-out label rows per task (a seeded sample; None = all); bootstrap: resamples
     for the 95% intervals; baseline / oracle: also score those (oracle: simulated data only);
-    oracle_samples: Monte-Carlo replicates per oracle risk; min_class: a task enters the gate
+    oracle_samples: Monte-Carlo replicates per oracle risk; interval_min_class: bootstrap
+    intervals are given only with at least this many positive and negative labels (below that an
+    interval would look like evidence it is not); min_class: a task enters the gate
     (`gate_metrics`) only with at least this many positive and negative labels (an AUROC from
     three positives says little either way)."""
 
     max_labels: int | None = 1000
     min_class: int = 10
+    interval_min_class: int = 30
     bootstrap: int = 1000
     baseline: bool = True
     oracle: bool = True
@@ -83,13 +86,17 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def score(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
-    """Point metrics, bootstrap 95% intervals and the calibration table of one predictor."""
+def score(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int, interval_min_class: int = 30) -> dict[str, Any]:
+    """Point metrics, bootstrap 95% intervals (only with `interval_min_class` labels of each
+    class) and the calibration table of one predictor."""
     out: dict[str, Any] = M.binary_metrics(y, p)
-    if 0 < y.sum() < len(y):
+    smaller = int(min(y.sum(), len(y) - y.sum()))
+    if smaller >= max(interval_min_class, 1):
         for name, v in M.bootstrap_metrics(y, p, n_boot=n_boot, seed=seed).items():
             out[f"{name}_ci"] = [v["low"], v["high"]]
-    else:
+    elif smaller:
+        out["interval_note"] = f"no interval: {smaller} labels in the smaller class (< {interval_min_class})"
+    if not smaller:
         for name in ("auroc", "auprc"):
             out.pop(name, None)  # undefined with one class: absent, so the gate cannot pass on it
     out["calibration"] = M.calibration_table(y, p, n_bins=10, strategy="quantile")
@@ -212,7 +219,7 @@ class Harness:
                 out[name] = entry
                 continue
             p = as_written(r.probability)
-            entry["model"] = score(y, p, tcfg.bootstrap, tcfg.seed)
+            entry["model"] = score(y, p, tcfg.bootstrap, tcfg.seed, tcfg.interval_min_class)
             entry["model"].update(estimator=r.estimator, rollouts=zcfg.rollouts,
                                   truncated_rollout_share=float(r.truncated.mean()))
             if min(int(y.sum()), int(len(y) - y.sum())) >= tcfg.min_class:
@@ -227,7 +234,7 @@ class Harness:
                 bp = self._baseline(task, r.labels)
                 if bp is not None:
                     bp = as_written(bp)
-                    entry["baseline"] = score(y, bp, tcfg.bootstrap, tcfg.seed)
+                    entry["baseline"] = score(y, bp, tcfg.bootstrap, tcfg.seed, tcfg.interval_min_class)
                     write_predictions(r.labels, bp, pred_dir / f"{name}.baseline.parquet")
                     preds["baseline"] = bp
                 else:
@@ -235,7 +242,7 @@ class Harness:
             if tcfg.oracle and self.is_simulated and (outcome := oracle_outcome(task)):
                 op = self._oracle(outcome, task, r.labels, tcfg.oracle_samples)
                 ok = np.isfinite(op)
-                entry["oracle"] = score(y[ok], op[ok], tcfg.bootstrap, tcfg.seed)
+                entry["oracle"] = score(y[ok], op[ok], tcfg.bootstrap, tcfg.seed, tcfg.interval_min_class)
                 entry["oracle"]["outcome"] = outcome
                 entry["oracle"]["scored"] = int(ok.sum())
                 if ok.sum() > 2:

@@ -107,6 +107,8 @@ def markdown(report: Mapping[str, Any]) -> str:
                 lines.append(f"- {name}: labels: {t['labels']['rule']}; the model forecasts "
                              f"{', '.join(spec.get('outcome_codes', []))} within {_f(spec.get('horizon_days'), 1)} days"
                              + (f" ({spec['forecast_note']})" if spec.get("forecast_note") else ""))
+            notes = sorted({t[k]["interval_note"] for k in PREDICTORS if t.get(k) and t[k].get("interval_note")})
+            lines += [f"- {name}: {n}" for n in notes]
             if t.get("model_auroc_fraction_of_oracle") is not None:
                 lines.append(f"- {name}: model AUROC = {_f(t['model_auroc_fraction_of_oracle'])} of the oracle's")
             for est, by in (t.get("auroc_by_rollouts") or {}).items():

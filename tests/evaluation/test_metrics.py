@@ -297,3 +297,17 @@ def test_auroc_ratio():
 def test_docstring_examples():
     result = doctest.testmod(M)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_no_interval_on_too_few_events():
+    """An interval from a handful of positives would look like evidence: none below the threshold."""
+    from nightingale.evaluation.harness import score
+
+    rng = np.random.default_rng(0)
+    few = np.r_[np.ones(5), np.zeros(300)].astype(np.int64)
+    out = score(few, rng.random(few.size), n_boot=50, seed=0, interval_min_class=30)
+    assert "auroc" in out and not any(k.endswith("_ci") for k in out)
+    assert out["interval_note"] == "no interval: 5 labels in the smaller class (< 30)"
+    many = np.r_[np.ones(40), np.zeros(300)].astype(np.int64)
+    out = score(many, rng.random(many.size), n_boot=50, seed=0, interval_min_class=30)
+    assert "auroc_ci" in out and "interval_note" not in out
