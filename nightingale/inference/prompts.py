@@ -24,6 +24,7 @@ import polars as pl
 from nightingale import schema as S
 from nightingale.tokenizer import families as F
 from nightingale.tokenizer.encode import encode_events
+from nightingale.tokenizer.summary import history_summary
 from nightingale.tokenizer.vocabulary import Vocabulary
 
 EPOCH = dt.datetime(1970, 1, 1)
@@ -47,7 +48,8 @@ class Event:
 
 @dataclasses.dataclass
 class Prompt:
-    """Token prompt of one patient. prefix: static + age tokens; body: [SOT]? events...;
+    """Token prompt of one patient. prefix: static + age tokens + the history summary of what was
+    cut (tokenizer/summary.py; none when the whole record fits); body: [SOT]? events...;
     anchor_us: time of the last encoded event (horizons count from it); codes: how the
     patient's codes were resolved (exact/parent/unknown_family/unknown counts)."""
 
@@ -76,16 +78,23 @@ def static_codes(sex: str | None, extra: Iterable[str] = (), sex_prefix: str = "
 
 
 def _body_start(vocab: Vocabulary, tokens: np.ndarray, n_static: int, max_tokens: int) -> int:
-    """First body token kept so that static + age + body fit in `max_tokens`: the most recent
-    tokens, starting at an event (a code token), not inside one."""
-    room = max_tokens - n_static - 1
-    if room < 2:
-        raise ValueError(f"static: {n_static} static tokens leave no room in a {max_tokens}-token prompt")
-    if len(tokens) <= room:
+    """First body token kept so that static + age (+ the summary's room, when the record must be
+    cut) + body fit in `max_tokens`: the most recent tokens, starting at an event (a code token),
+    not inside one."""
+    if len(tokens) <= max_tokens - n_static - 1:
         return 0
+    room = max_tokens - n_static - 1 - vocab.config.summary_tokens
+    if room < 2:
+        raise ValueError(f"static: {n_static} static tokens (+ age and a {vocab.config.summary_tokens}-token "
+                         f"history summary) leave no room in a {max_tokens}-token prompt")
     start = len(tokens) - room
     first_code = np.flatnonzero(vocab.kinds[tokens[start:]] == F.KIND_CODE)
     return start + (int(first_code[0]) if len(first_code) else 0)
+
+
+def _prefix(vocab: Vocabulary, static: list[int], age: int, tokens: np.ndarray, start: int) -> list[int]:
+    """static + age + the history summary of the body tokens cut (the training windows' rule)."""
+    return static + [age] + [int(t) for t in history_summary(vocab, tokens[:start])]
 
 def build_prompt(
     vocab: Vocabulary,
@@ -122,7 +131,7 @@ def build_prompt(
     birth_us = None if birth is None else to_us(birth)
     age = vocab.age_token(birth_us, int(times[start]))
     codes = Counter({k: v for k, v in enc.report.items() if k.startswith("codes_")})
-    return Prompt(static + [age], [int(t) for t in tokens[start:]], int(times[-1]), codes)
+    return Prompt(_prefix(vocab, static, age, tokens, start), [int(t) for t in tokens[start:]], int(times[-1]), codes)
 
 
 def resolve_outcome_codes(vocab: Vocabulary, codes: Sequence[str]) -> dict[str, list[int]]:
@@ -173,4 +182,5 @@ def corpus_prompt(corpus, vocab: Vocabulary, subject_id: int, time_us: int, max_
     static = [int(t) for t in corpus.static_tokens(subject_id)]
     start = _body_start(vocab, tokens, len(static), max_tokens)
     age = corpus.age_token(vocab, corpus.row(subject_id), int(times[start]))
-    return Prompt(static + [age], [int(t) for t in tokens[start:]], int(times[-1]), Counter())
+    return Prompt(_prefix(vocab, static, age, tokens, start), [int(t) for t in tokens[start:]], int(times[-1]),
+                  Counter())

@@ -46,6 +46,9 @@ class TokenizerConfig:
     age_band_years / max_age_years: width of the age-band tokens, and the open last band.
     stem_length: characters of the last code segment kept by the stem fallback
         (``DIAGNOSIS//ICD//9//4019 -> DIAGNOSIS//ICD//9//401``); 0 disables it.
+    summary_tokens: when a record is longer than a window or prompt, up to this many distinct
+        code tokens from what fell out of it (diagnoses, drugs, admissions: codes without values)
+        are kept after the age token (tokenizer/summary.py); 0 disables the summary.
     """
 
     min_count: int = 5
@@ -56,6 +59,7 @@ class TokenizerConfig:
     age_band_years: int = 5
     max_age_years: int = 110
     stem_length: int = 3
+    summary_tokens: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "time_ladder", tuple(str(t) for t in self.time_ladder))
@@ -67,6 +71,7 @@ class TokenizerConfig:
             ("age_band_years", 1),
             ("max_age_years", 1),
             ("stem_length", 0),
+            ("summary_tokens", 0),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:

@@ -28,6 +28,7 @@ from nightingale import schema as S
 from nightingale.atomic import write_json_atomic
 from nightingale.tokenizer import families as F
 from nightingale.tokenizer.encode import INDEX_SCHEMA, Encoded
+from nightingale.tokenizer.summary import history_summary
 from nightingale.tokenizer.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -176,17 +177,28 @@ class TokenCorpus:
         return vocab.age_token(birth, time_us)
 
     def window(self, vocab: Vocabulary, row: int, start: int, context_length: int) -> np.ndarray:
-        """Static tokens + age at the window's first token + body[start:], cut/padded to length."""
+        """Static tokens + age at the window's first token + the history summary of body[:start]
+        (tokenizer/summary.py) + body[start:], cut/padded to length. The body gets the same room
+        in every window (`window_room`), so tiles of one epoch cover every token once."""
         r0, n = self.offsets[row], self.lengths[row]
         st = self.static[self.static_offsets[row] : self.static_offsets[row] + self.static_lengths[row]]
         age = self.age_token(vocab, row, int(self.times[r0 + start]))
-        room = context_length - len(st) - 1
+        summary = history_summary(vocab, self.tokens[r0 : r0 + start]) if start else np.zeros(0, np.int64)
+        room = window_room(vocab, context_length, len(st))
         body = self.tokens[r0 + start : r0 + min(n, start + room)]
         out = np.full(context_length, F.PAD_ID, dtype=np.int64)
         k = len(st)
         out[:k], out[k] = st, age
-        out[k + 1 : k + 1 + len(body)] = body
+        out[k + 1 : k + 1 + len(summary)] = summary
+        k += 1 + len(summary)
+        out[k : k + len(body)] = body
         return out
+
+
+def window_room(vocab: Vocabulary, context_length: int, n_static):
+    """Body tokens a window holds: the context less the static tokens, the age token and the
+    summary's reserved room (works on arrays of static lengths too)."""
+    return context_length - n_static - 1 - vocab.config.summary_tokens
 
 
 class WindowSampler:
@@ -199,11 +211,12 @@ class WindowSampler:
     """
 
     def __init__(self, corpus: TokenCorpus, vocab: Vocabulary, context_length: int, seed: int = 0):
-        room = context_length - corpus.static_lengths - 1
+        room = window_room(vocab, context_length, corpus.static_lengths)
         if len(corpus) and room.min() < 1:
             raise ValueError(
                 f"WindowSampler.context_length: {context_length} leaves no room after the static "
-                f"prefix (up to {int(corpus.static_lengths.max())} tokens + age); make it larger"
+                f"prefix (up to {int(corpus.static_lengths.max())} tokens + age + "
+                f"{vocab.config.summary_tokens} summary tokens); make it larger"
             )
         self.corpus, self.vocab, self.context_length, self.seed = corpus, vocab, context_length, seed
         n_tiles = -(-corpus.lengths // np.maximum(room, 1))

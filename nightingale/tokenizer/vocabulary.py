@@ -49,7 +49,9 @@ class Vocabulary:
         if spec.get("spec_version") != SPEC_VERSION:
             raise ValueError(f"vocabulary spec_version {spec.get('spec_version')!r}; expected {SPEC_VERSION}")
         self.spec = dict(spec)
-        self.config = TokenizerConfig.from_mapping(spec["config"])
+        config = dict(spec["config"])
+        config.setdefault("summary_tokens", 0)  # specs from before the history summary: none
+        self.config = TokenizerConfig.from_mapping(config)
         self.tokens: list[str] = list(spec["tokens"])
         self.kinds = np.asarray(spec["kinds"], dtype=np.int8)
         self.codes: list[str | None] = list(spec["codes"])
@@ -89,6 +91,10 @@ class Vocabulary:
                                  f"each within its rung; got {fitted}")
         self.gap_decode_s = np.zeros(n)
         self.gap_decode_s[self.gap_ids] = fitted if fitted is not None else mids
+        # Tokens a history summary may hold (tokenizer/summary.py): codes without values, not static.
+        self.summary_mask = (self.kinds == F.KIND_CODE) & ~self.is_static & (self.n_bins == 0)
+        if S.DEATH_CODE in self.code_to_id:
+            self.summary_mask[self.code_to_id[S.DEATH_CODE]] = False
         self.age_unknown_id = self.token_to_id[F.AGE_UNKNOWN]
         self.age_ids = np.array([self.token_to_id[t] for t in age_band_tokens(self.config)])
         self.age_lower_years = np.full(n, np.nan)

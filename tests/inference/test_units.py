@@ -16,7 +16,9 @@ from nightingale.inference.prompts import Event, build_prompt, resolve_outcome_c
 from nightingale.inference.risk import population_count, t_interval, wilson_interval
 from nightingale.inference.rollouts import Rollout
 from nightingale.model.folder import REQUIRED_FILES, ModelDir, ModelDirError
+from nightingale.tokenizer import Vocabulary
 from nightingale.tokenizer import families as F
+from nightingale.tokenizer.summary import history_summary
 from tests.tokenizer.conftest import tiny_meds, tiny_vocab  # noqa: F401
 
 
@@ -140,11 +142,19 @@ def test_prompt_layout_and_truncation(tiny_vocab):  # noqa: F811
     assert v.kinds[p.prefix[-1]] == F.KIND_AGE and v.tokens[p.prefix[-1]] == "AGE//55-60"
     assert p.body[0] == F.SOT_ID and F.EOR_ID not in p.body
     assert p.anchor_us == int((events[-1].time - dt.datetime(1970, 1, 1)).total_seconds() * 1e6)
-    short = build_prompt(v, events, birth=dt.date(1960, 6, 1), statics=["SEX//F"], max_tokens=20)
+    assert v.config.summary_tokens == 32 and len(p.prefix) == 2  # the record fits: no summary
+    with pytest.raises(ValueError, match="summary"):  # a cut record needs room for the summary too
+        build_prompt(v, events, birth=dt.date(1960, 6, 1), statics=["SEX//F"], max_tokens=20)
+    v4 = Vocabulary({**v.spec, "config": {**v.spec["config"], "summary_tokens": 4}})
+    short = build_prompt(v4, events, birth=dt.date(1960, 6, 1), statics=["SEX//F"], max_tokens=20)
     assert len(short.ids) <= 20 and v.kinds[short.body[0]] == F.KIND_CODE  # starts at an event
     assert short.body[-3:] == p.body[-3:]  # keeps the most recent tokens
-    cut = build_prompt(v, events, prediction_time=t0 + dt.timedelta(days=15), max_tokens=512)
-    assert sum(v.kinds[t] == F.KIND_CODE for t in cut.body) == 2
+    # what fell out is summarised after the age token, by the training windows' rule
+    cut = p.body[: len(p.body) - len(short.body)]
+    assert short.prefix[2:] == history_summary(v4, np.asarray(cut)).tolist()
+    assert {v.codes[t] for t in short.prefix[2:]} == {"ICD10//I10", "VISIT"}
+    early = build_prompt(v, events, prediction_time=t0 + dt.timedelta(days=15), max_tokens=512)
+    assert sum(v.kinds[t] == F.KIND_CODE for t in early.body) == 2
     with pytest.raises(ValueError, match="^events:"):
         build_prompt(v, events, prediction_time=t0 - dt.timedelta(days=1), max_tokens=512)
     assert p.window([5, 6], room=10)[-2:] == [5, 6] and len(p.window([5, 6], room=10)) == 10

@@ -9,6 +9,8 @@ from nightingale import schema as S
 from nightingale.tokenizer import families as F
 from nightingale.tokenizer.corpus import CorpusWriter, TokenCorpus, WindowSampler, merge_split
 from nightingale.tokenizer.encode import encode_events
+from nightingale.tokenizer.summary import history_summary
+from nightingale.tokenizer.vocabulary import Vocabulary
 
 from .conftest import make_events
 
@@ -34,22 +36,42 @@ def test_merge_keeps_every_subject(corpus, tiny_vocab):
     assert corpus.static_tokens(21).tolist() == [tiny_vocab.code_to_id["SEX//M"], tiny_vocab.code_to_id["ETHNICITY//White"]]
 
 
-def test_window_prefix_and_padding(corpus, tiny_vocab):
-    v = tiny_vocab
-    sampler = WindowSampler(corpus, v, context_length=16, seed=3)
-    seen = 0
+def with_summary(vocab: Vocabulary, k: int) -> Vocabulary:
+    """The same vocabulary with a k-token history summary (small, to fit these tiny windows)."""
+    return Vocabulary({**vocab.spec, "config": {**vocab.spec["config"], "summary_tokens": k}})
+
+
+@pytest.mark.parametrize("k", [0, 4])
+def test_window_prefix_summary_and_padding(corpus, tiny_vocab, k):
+    v = with_summary(tiny_vocab, k)
+    sampler = WindowSampler(corpus, v, context_length=20, seed=3)
+    seen = summarised = 0
     for _ in range(len(sampler)):
         w = sampler.next()
         ids, row = w["input_ids"], corpus.row(w[S.SUBJECT_ID])
         st = corpus.static_tokens(w[S.SUBJECT_ID])
         assert ids[: len(st)].tolist() == st.tolist()
-        t = int(corpus.times[corpus.offsets[row] + w["start"]])
+        r0 = corpus.offsets[row]
+        t = int(corpus.times[r0 + w["start"]])
         assert ids[len(st)] == v.age_token(int(corpus.birth[row]), t)
-        seen += w["n_tokens"] - len(st) - 1
+        # then what fell out of the window: distinct codes without values, most recent last
+        earlier = np.asarray(corpus.tokens[r0 : r0 + w["start"]], dtype=np.int64)
+        want = history_summary(v, earlier)
+        assert len(want) <= k and (k or not len(want))
+        assert ids[len(st) + 1 : len(st) + 1 + len(want)].tolist() == want.tolist()
+        assert set(want.tolist()) <= set(earlier.tolist()) and not v.is_static[want].any()
+        assert (v.n_bins[want] == 0).all()
+        if len(want):
+            last_seen = [int(np.flatnonzero(earlier == c).max()) for c in want]
+            assert last_seen == sorted(last_seen)
+        summarised += len(want)
+        seen += w["n_tokens"] - len(st) - 1 - len(want)
     assert seen == corpus.lengths.sum()  # an epoch covers every body token exactly once
+    assert (summarised > 0) == (k > 0)
 
 
 def test_sampler_resumes_exactly(corpus, tiny_vocab):
+    tiny_vocab = with_summary(tiny_vocab, 4)
     a = WindowSampler(corpus, tiny_vocab, context_length=16, seed=7)
     first = [a.next()["input_ids"] for _ in range(len(a) + 5)]  # crosses an epoch boundary
     b = WindowSampler(corpus, tiny_vocab, context_length=16, seed=7)

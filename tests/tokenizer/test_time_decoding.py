@@ -15,7 +15,11 @@ from nightingale.tokenizer import families as F
 from nightingale.tokenizer.config import TokenizerConfig
 from nightingale.tokenizer.decode import decode
 from nightingale.tokenizer.encode import encode_events
-from nightingale.tokenizer.fit import dataset_parents, fit_gap_decode_for_dataset, fit_stats_for_dataset
+from nightingale.tokenizer.fit import (
+    dataset_parents,
+    fit_gap_decode_for_dataset,
+    fit_stats_for_dataset,
+)
 
 
 @pytest.fixture(scope="module")
