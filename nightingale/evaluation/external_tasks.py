@@ -251,14 +251,15 @@ def _horizon_days(cfg) -> tuple[float | None, str]:
 
 def _check_predicates_in_data(task: AcesTask, cfg, dataset: MEDSDataset) -> None:
     """Each plain predicate must match at least one code the dataset has (codes.parquet, or the
-    data when that is empty): a typo would otherwise give all-negative labels silently."""
+    data when that is empty): a typo would otherwise give all-negative labels silently. MEDS's
+    reserved codes (MEDS_BIRTH, MEDS_DEATH) are exempt: a dataset without deaths is not a typo."""
     known = dataset.codes()[S.CODE].drop_nulls()
     if known.is_empty():
         known = dataset.scan().select(pl.col(S.CODE).unique()).collect()[S.CODE]
     frame = pl.DataFrame({S.CODE: known.cast(pl.String)})
     for name, p in cfg.plain_predicates.items():
-        if isinstance(p.code, str) and p.code.startswith("_"):
-            continue
+        if isinstance(p.code, str) and (p.code.startswith("_") or p.code in (S.BIRTH_CODE, S.DEATH_CODE)):
+            continue  # ACES's own predicates; MEDS's reserved codes may rightly be absent (no deaths)
         hits = frame.select(_code_only(p).alias("hit"))["hit"].sum()  # the code part only
         if not hits:
             raise _fail(task.config_path, f"field 'predicates.{name}': code {p.code!r} matches no code in "
