@@ -90,3 +90,9 @@ FLOAT_VALUE = meds.LabelSchema.float_value_name
 CATEGORICAL_VALUE = meds.LabelSchema.categorical_value_name
 PREDICTED_BOOLEAN_VALUE = PredictionSchema.predicted_boolean_value_name
 PREDICTED_BOOLEAN_PROBABILITY = PredictionSchema.predicted_boolean_probability_name
+# Polars dtypes of a binary-task label frame (the MEDS label schema's columns we use).
+LABEL_SCHEMA: dict[str, pl.DataType] = {
+    SUBJECT_ID: pl.Int64(),
+    PREDICTION_TIME: pl.Datetime("us"),
+    BOOLEAN_VALUE: pl.Boolean(),
+}

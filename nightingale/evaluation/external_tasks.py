@@ -56,11 +56,6 @@ from nightingale.data.meds_io import MEDSDataset
 
 log = logging.getLogger(__name__)
 
-LABEL_COLUMNS: dict[str, pl.DataType] = {
-    S.SUBJECT_ID: pl.Int64(),
-    S.PREDICTION_TIME: pl.Datetime("us"),
-    S.BOOLEAN_VALUE: pl.Boolean(),
-}
 ACES_KEYS = ("predicates", "trigger", "windows")
 _PREFIX_REGEX = re.compile(r"^\^([A-Za-z0-9_/\-.:]+)$")
 
@@ -298,11 +293,11 @@ def aces_labels(task: AcesTask, dataset: MEDSDataset, split: str) -> tuple[pl.Da
             pl.col("index_timestamp").cast(pl.Datetime("us")).alias(S.PREDICTION_TIME),
             (pl.col("label") > 0).alias(S.BOOLEAN_VALUE),
         ).join(id_frame, on=S.SUBJECT_ID))
-    rows = pl.concat(frames) if frames else pl.DataFrame(schema=LABEL_COLUMNS)
+    rows = pl.concat(frames) if frames else pl.DataFrame(schema=S.LABEL_SCHEMA)
     candidates = rows.height
     if task.one_per_subject:
         rows = draw_one_per_subject(rows, task.seed)
-    labels = rows.select([pl.col(c).cast(t) for c, t in LABEL_COLUMNS.items()]).sort(
+    labels = rows.select([pl.col(c).cast(t) for c, t in S.LABEL_SCHEMA.items()]).sort(
         S.SUBJECT_ID, S.PREDICTION_TIME)
     report = label_report(task.name, "aces", labels, subjects=int(ids.len()), candidates=candidates,
                           rule="labels extracted by es-aces from " + Path(task.config_path).name
@@ -314,11 +309,14 @@ def aces_labels(task: AcesTask, dataset: MEDSDataset, split: str) -> tuple[pl.Da
 
 def label_report(task: str, source: str, labels: pl.DataFrame, *, subjects: int, candidates: int,
                  rule: str) -> dict[str, Any]:
-    """The counts `tasks.LabelReport` gives for built-in tasks, for labels made elsewhere."""
-    kept, positives = labels.height, int(labels[S.BOOLEAN_VALUE].sum())
-    return {"task": task, "source": source, "subjects": subjects, "candidates": candidates,
-            "excluded_new_only": 0, "censored": 0, "kept": kept, "positives": positives,
-            "prevalence": positives / kept if kept else None, "rule": rule}
+    """A `tasks.LabelReport` for labels made elsewhere (their source did any censoring), as a
+    dict with where they came from and by what rule."""
+    from nightingale.evaluation.tasks import LabelReport
+
+    report = LabelReport(task=task, subjects=subjects, candidates=candidates, excluded_new_only=0,
+                         censored=0, kept=labels.height, positives=int(labels[S.BOOLEAN_VALUE].sum()),
+                         censoring=f"by the {source} definition, not here")
+    return {**report.as_dict(), "source": source, "rule": rule}
 
 
 # --- MEDS label files ------------------------------------------------------------------------------
@@ -390,10 +388,10 @@ def read_label_file(path: str | Path, dataset: MEDSDataset, split: str) -> pl.Da
             schema = pl.read_parquet_schema(f)
         except Exception as e:  # noqa: BLE001 - any reader failure: not a parquet file
             raise ValueError(f"{f}: not a readable parquet file ({e})") from None
-        for col in LABEL_COLUMNS:
+        for col in S.LABEL_SCHEMA:
             if col not in schema:
                 raise ValueError(f"{f}: field '{col}' is missing; a MEDS label file has "
-                                 f"{list(LABEL_COLUMNS)} (have {list(schema)})")
+                                 f"{list(S.LABEL_SCHEMA)} (have {list(schema)})")
         checks = ((S.SUBJECT_ID, lambda t: t.is_integer(), "an integer (int64)"),
                   (S.PREDICTION_TIME, lambda t: isinstance(t, pl.Datetime) and t.time_zone is None,
                    "a naive timestamp (timestamp[us])"),
@@ -401,12 +399,12 @@ def read_label_file(path: str | Path, dataset: MEDSDataset, split: str) -> pl.Da
         for col, ok, want in checks:
             if not ok(schema[col]):
                 raise ValueError(f"{f}: field '{col}' is {schema[col]}; expected {want}")
-        frame = pl.read_parquet(f, columns=list(LABEL_COLUMNS))
-        for col in LABEL_COLUMNS:
+        frame = pl.read_parquet(f, columns=list(S.LABEL_SCHEMA))
+        for col in S.LABEL_SCHEMA:
             nulls = frame[col].null_count()
             if nulls:
                 raise ValueError(f"{f}: field '{col}' has {nulls} null value(s); labels must be complete")
-        frames.append(frame.select([pl.col(c).cast(t) for c, t in LABEL_COLUMNS.items()])
+        frames.append(frame.select([pl.col(c).cast(t) for c, t in S.LABEL_SCHEMA.items()])
                       .with_columns(pl.lit(str(f)).alias("_file")).with_row_index("_row"))
     rows = pl.concat(frames)
     allowed = pl.DataFrame({S.SUBJECT_ID: dataset.subjects(split).cast(pl.Int64)})

@@ -74,11 +74,7 @@ TRIGGER = "trigger"
 PREDICTION_TIMES: tuple[str, ...] = (RANDOM_EVENT, TRIGGER)
 US_PER_DAY = 86_400_000_000
 
-LABEL_SCHEMA: dict[str, pl.DataType] = {
-    S.SUBJECT_ID: pl.Int64(),
-    S.PREDICTION_TIME: pl.Datetime("us"),
-    S.BOOLEAN_VALUE: pl.Boolean(),
-}
+LABEL_SCHEMA = S.LABEL_SCHEMA  # the label frame's dtypes (schema.py)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import polars as pl
 
 from nightingale import schema as S
 from nightingale.tokenizer import families as F
+from nightingale.tokenizer.corpus import window_room
 from nightingale.tokenizer.encode import encode_events
 from nightingale.tokenizer.summary import history_summary
 from nightingale.tokenizer.vocabulary import Vocabulary
@@ -81,9 +82,9 @@ def _body_start(vocab: Vocabulary, tokens: np.ndarray, n_static: int, max_tokens
     """First body token kept so that static + age (+ the summary's room, when the record must be
     cut) + body fit in `max_tokens`: the most recent tokens, starting at an event (a code token),
     not inside one."""
-    if len(tokens) <= max_tokens - n_static - 1:
+    if len(tokens) <= max_tokens - n_static - 1:  # the whole record fits: no summary needed
         return 0
-    room = max_tokens - n_static - 1 - vocab.config.summary_tokens
+    room = window_room(vocab, max_tokens, n_static)
     if room < 2:
         raise ValueError(f"static: {n_static} static tokens (+ age and a {vocab.config.summary_tokens}-token "
                          f"history summary) leave no room in a {max_tokens}-token prompt")

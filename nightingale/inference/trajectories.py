@@ -58,8 +58,8 @@ class TrajectoryCollector:
 
     def write(self, out_dir: str | Path, *, overwrite: bool = True) -> list[Path]:
         """All samples, each validated against the trajectory schema, written atomically as a folder."""
-        empty = pl.DataFrame(schema={S.SUBJECT_ID: pl.Int64, S.TIME: pl.Datetime("us"), S.CODE: pl.String,
-                                     S.NUMERIC_VALUE: pl.Float32, S.PREDICTION_TIME: pl.Datetime("us")})
+        empty = pl.DataFrame(schema={**{c: S.DATA_SCHEMA[c] for c in TRAJECTORY_COLUMNS[:-1]},
+                                     S.PREDICTION_TIME: S.LABEL_SCHEMA[S.PREDICTION_TIME]})
         out_dir = Path(out_dir)
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             for k, frames in enumerate(self.frames):

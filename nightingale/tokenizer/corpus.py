@@ -183,7 +183,7 @@ class TokenCorpus:
         r0, n = self.offsets[row], self.lengths[row]
         st = self.static[self.static_offsets[row] : self.static_offsets[row] + self.static_lengths[row]]
         age = self.age_token(vocab, row, int(self.times[r0 + start]))
-        summary = history_summary(vocab, self.tokens[r0 : r0 + start]) if start else np.zeros(0, np.int64)
+        summary = history_summary(vocab, self.tokens[r0 : r0 + start])
         room = window_room(vocab, context_length, len(st))
         body = self.tokens[r0 + start : r0 + min(n, start + room)]
         out = np.full(context_length, F.PAD_ID, dtype=np.int64)
