@@ -73,7 +73,8 @@ async def next_events(engine: Engine, prompt: Prompt, top_k: int = 10) -> NextEv
     death = vocab.code_to_id.get(S.DEATH_CODE)
 
     ladder, names = vocab.ladder_s, vocab.config.time_ladder
-    same_time = float(p0[(kinds == F.KIND_CODE) | (kinds == F.KIND_VALUE_BIN)].sum())
+    # An age token first (a band change with no gap rung before it) is a same-time event too.
+    same_time = float(p0[(kinds == F.KIND_CODE) | (kinds == F.KIND_VALUE_BIN) | (kinds == F.KIND_AGE)].sum())
     bins = [TimeBin(f"<{names[0]}", 0.0, float(ladder[0]), same_time)]
     for r in range(len(gaps)):
         top = r == len(gaps) - 1

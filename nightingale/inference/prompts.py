@@ -149,12 +149,15 @@ def resolve_outcome_codes(vocab: Vocabulary, codes: Sequence[str]) -> dict[str, 
 
 
 def body_banned_ids(vocab: Vocabulary) -> tuple[int, ...]:
-    """Tokens that cannot appear inside a timeline body: [PAD], [SOT], age bands, static codes and
-    unknown tokens (no model should invent an unknown code). Banned while sampling continuations,
-    so generated timelines decode cleanly."""
+    """Tokens that cannot appear inside a timeline body: [PAD], [SOT], AGE//UNK, static codes,
+    unknown tokens (no model should invent an unknown code) and the age bands unless the
+    vocabulary writes band changes into timelines. Banned while sampling continuations, so
+    generated timelines decode cleanly."""
     kinds = vocab.kinds
-    bad = (kinds == F.KIND_AGE) | (kinds == F.KIND_UNKNOWN) | vocab.is_static
-    bad[[F.PAD_ID, F.SOT_ID]] = True
+    bad = (kinds == F.KIND_UNKNOWN) | vocab.is_static
+    if not vocab.config.age_in_timeline:
+        bad |= kinds == F.KIND_AGE
+    bad[[F.PAD_ID, F.SOT_ID, vocab.age_unknown_id]] = True
     return tuple(int(i) for i in np.flatnonzero(bad))
 
 

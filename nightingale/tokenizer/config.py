@@ -49,6 +49,9 @@ class TokenizerConfig:
     summary_tokens: when a record is longer than a window or prompt, up to this many distinct
         code tokens from what fell out of it (diagnoses, drugs, admissions: codes without values)
         are kept after the age token (tokenizer/summary.py); 0 disables the summary.
+    age_in_timeline: an age-band token inside the body wherever a subject's band changes (before
+        the first event in the new band), so the model always sees the current age, not only the
+        band at the window's start; off for vocabularies fitted before it existed.
     """
 
     min_count: int = 5
@@ -60,6 +63,7 @@ class TokenizerConfig:
     max_age_years: int = 110
     stem_length: int = 3
     summary_tokens: int = 32
+    age_in_timeline: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "time_ladder", tuple(str(t) for t in self.time_ladder))
@@ -76,6 +80,8 @@ class TokenizerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"TokenizerConfig.{name}: must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.age_in_timeline, bool):
+            raise ValueError(f"TokenizerConfig.age_in_timeline: must be true or false, got {self.age_in_timeline!r}")
         if self.n_value_bins > 100:
             raise ValueError(f"TokenizerConfig.n_value_bins: at most 100, got {self.n_value_bins}")
         if not self.time_ladder:

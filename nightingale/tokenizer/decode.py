@@ -5,10 +5,12 @@ of static code tokens, an age token and SOT, then the body. In the body, time-ga
 the clock from `start_time` (each rung decodes to its mean training gap, `gap_decode_s`, the top rung to
 exactly its length, so a repeated top rung adds whole years); a code token is an event at the
 current time; a value-bin token right after a code with bins gives that event a value drawn
-uniformly within the bin (or its centre). Anything else cannot be placed and is dropped *and
-counted* in the report: ids outside the vocabulary, padding, value bins with no code before them,
-unknown-code tokens, age/SOT tokens in the body, everything after EOR. Decoding never raises on
-any sequence of integers.
+uniformly within the bin (or its centre). An age-band token in the body (a band change, see
+`encode.py`) dates the birth: the birthday that starts the band lies between the events around
+it. Anything else cannot be placed and is dropped *and counted* in the report: ids outside the
+vocabulary, padding, value bins with no code before them, unknown-code tokens, SOT and AGE//UNK
+in the body (any age token there when the vocabulary has no in-timeline ages), everything after
+EOR. Decoding never raises on any sequence of integers.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def decode(
 
     start_time: time of the first body event (datetime, or microseconds since the epoch); None
         puts the timeline at the epoch. With an age token, a MEDS_BIRTH row is placed at
-        start_time minus the band's middle age.
+        start_time minus the band's middle age, or, where the body changes band, at the time of
+        that change less the new band's lower age.
     value_mode: "uniform" draws within the bin (seeded), "centre" takes the bin's middle.
     """
     if value_mode not in VALUE_MODES:
@@ -95,7 +98,14 @@ def decode(
     good_bin = is_bin & prev_is_code & (b_idx < vocab.n_bins[prev])
     rep["dropped_orphan_value_bin"] = int((is_bin & ~good_bin).sum())
     rep["dropped_unknown_code"] = int((bk == F.KIND_UNKNOWN).sum())
-    rep["dropped_misplaced_age"] = int((bk == F.KIND_AGE).sum())
+    body_age = (bk == F.KIND_AGE) & (body != vocab.age_unknown_id) & vocab.config.age_in_timeline
+    rep["dropped_misplaced_age"] = int(((bk == F.KIND_AGE) & ~body_age).sum())
+    rep["age_tokens"] = int(body_age.sum())
+    if birth is not None and body_age.any():
+        i = int(np.flatnonzero(body_age)[0])
+        before = np.flatnonzero(ev < i)
+        since = int(clock[ev[before[-1]]]) if len(before) else t0  # the last event before the change
+        birth = (since + int(clock[i])) // 2 - int(round(vocab.age_lower_years[body[i]] * US_PER_YEAR))
     rep["dropped_misplaced_start"] = int((body == F.SOT_ID).sum())
     rep["time_gap_tokens"] = int((bk == F.KIND_TIME_GAP).sum())
 

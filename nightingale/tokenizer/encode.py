@@ -3,9 +3,12 @@
 A subject's token stream is ``[SOT] event... [EOR]``; each event is its code token, then a shared
 value-bin token when it has a finite numeric value and its code has bins; time-gap tokens sit
 between consecutive distinct timestamps (gaps shorter than the first rung get none; gaps of several
-years repeat the top rung, then one rung for the remainder). Static (null-time) rows and the birth
-time do not enter the stream: they go to the subject index, and the corpus prefixes every window
-with the static tokens and the age band at the window's first token (see `corpus.py`).
+years repeat the top rung, then one rung for the remainder). Where the subject's age band changes
+between two events (birth known, `TokenizerConfig.age_in_timeline`), the new band's age token
+sits after the gaps and before the event's code: ``gaps... AGE//45-50 code [bin]``, so the model
+always sees the current age. Static (null-time) rows and the birth time do not enter the stream:
+they go to the subject index, and the corpus prefixes every window with the static tokens and the
+age band at the window's first token (see `corpus.py`).
 
 Every token carries a time (microseconds since the epoch): a code or bin token its event's time, a
 gap token the time of the event it leads to, SOT the first event's and EOR the last event's, so
@@ -276,6 +279,13 @@ def encode_arrays(vocab: V.Vocabulary, ev: EventArrays) -> Encoded:
     gap = np.flatnonzero(rest >= ladder[0])
     rung[gap] = np.searchsorted(ladder, rest[gap], side="right") - 1
     n_gap = n_top + (rung >= 0)
+    # Age-band changes: an age token before the first event of each new band (not the first
+    # event of a subject: the window's prefix carries its band).
+    has_age = np.zeros(m, bool)
+    if vocab.config.age_in_timeline and m:
+        born = has_birth[esubj]
+        band = np.where(born, vocab.age_band(np.where(born, birth[esubj], 0), e.time), -1)
+        has_age[1:] = born[1:] & ~first[1:] & (band[1:] != band[:-1])
     # Value bins.
     finite = e.has_value & np.isfinite(e.value)
     rep["values_nan_dropped"] += int(np.count_nonzero(e.has_value & np.isnan(e.value)))
@@ -290,15 +300,17 @@ def encode_arrays(vocab: V.Vocabulary, ev: EventArrays) -> Encoded:
         bin_k += b_val >= vocab.inner_edges[b_code, j]
     rep["value_tokens"] += len(b_rows)
 
-    # Lay tokens out: per event [SOT] gaps... code [bin] [EOR].
-    count = first + n_gap + 1 + has_bin + last
+    # Lay tokens out: per event [SOT] gaps... [AGE] code [bin] [EOR].
+    count = first + n_gap + has_age + 1 + has_bin + last
     end = np.cumsum(count)
     start = end - count
     total = int(end[-1]) if m else 0
     tokens = np.empty(total, vocab.token_dtype)
     tokens[start[first]] = F.SOT_ID
-    code_pos = start + first + n_gap
-    tokens[code_pos[gap] - 1] = vocab.gap_ids[rung[gap]]  # the remainder's rung, just before code
+    code_pos = start + first + n_gap + has_age
+    if has_age.any():
+        tokens[code_pos[has_age] - 1] = vocab.age_ids[band[has_age]]
+    tokens[code_pos[gap] - 1 - has_age[gap]] = vocab.gap_ids[rung[gap]]  # the remainder's rung
     t_rows = np.flatnonzero(n_top)  # then n_top top rungs from the first gap slot
     if len(t_rows):
         k = n_top[t_rows]
@@ -311,6 +323,7 @@ def encode_arrays(vocab: V.Vocabulary, ev: EventArrays) -> Encoded:
     times = np.repeat(e.time, count)
     rep["events_encoded"] += m
     rep["time_gap_tokens"] += int(n_gap.sum())
+    rep["age_tokens"] += int(has_age.sum())
     rep["tokens"] += total
 
     offsets = start[first]

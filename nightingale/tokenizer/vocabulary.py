@@ -51,6 +51,7 @@ class Vocabulary:
         self.spec = dict(spec)
         config = dict(spec["config"])
         config.setdefault("summary_tokens", 0)  # specs from before the history summary: none
+        config.setdefault("age_in_timeline", False)  # specs from before in-timeline age tokens
         self.config = TokenizerConfig.from_mapping(config)
         self.tokens: list[str] = list(spec["tokens"])
         self.kinds = np.asarray(spec["kinds"], dtype=np.int8)
@@ -273,14 +274,18 @@ class Vocabulary:
             tokenizer_file=str(path), pad_token=F.PAD, unk_token=F.UNK, bos_token=F.SOT, eos_token=F.EOR
         )
 
+    def age_band(self, birth_us: np.ndarray | int, time_us: np.ndarray | int) -> np.ndarray:
+        """Index of the age band (into `age_ids`) at `time_us` for birth times (microseconds;
+        arrays or scalars). Ages below 0 (events before birth) take the first band, ages past the
+        last its open band."""
+        years = (np.asarray(time_us, np.int64) - np.asarray(birth_us, np.int64)) / (365.25 * 86400 * 1e6)
+        return np.clip(np.floor_divide(years, self.config.age_band_years), 0, len(self.age_ids) - 1).astype(np.int64)
+
     def age_token(self, birth_us: int | None, time_us: int) -> int:
-        """Age-band token at `time_us` for a birth time (microseconds); AGE//UNK when None.
-        Ages below 0 (events before birth) take the first band, ages past the last its open band."""
+        """Age-band token at `time_us` for a birth time (microseconds); AGE//UNK when None."""
         if birth_us is None:
             return self.age_unknown_id
-        years = (time_us - birth_us) / (365.25 * 86400 * 1e6)
-        band = int(np.clip(years // self.config.age_band_years, 0, len(self.age_ids) - 1))
-        return int(self.age_ids[band])
+        return int(self.age_ids[int(self.age_band(birth_us, time_us))])
 
     def to_text(self, ids: Iterable[int]) -> str:
         """Ids as whitespace-joined token strings (for display and the HF round trip)."""

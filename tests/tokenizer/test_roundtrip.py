@@ -76,8 +76,11 @@ def test_decode_inverts_encode(tiny_vocab, events, statics, birth_years, value_m
     assert np.all(np.abs(dec_gap - true_gap) <= gap_bound_us(v, true_gap))
     # Values: same bin (re-encoding the decoded timeline gives the same tokens: codes, bins, gaps).
     assert got[S.NUMERIC_VALUE].is_null().to_list() == timed[S.NUMERIC_VALUE].is_null().to_list()
+    # Age-band changes may move: decoding merges times closer than the first rung, so a birthday
+    # that fell between two such events cannot be placed between them again.
     again = encode_events(v, out)
-    assert again.tokens.tolist() == enc.tokens.tolist()
+    no_age = lambda ids: [t for t in ids.tolist() if v.kinds[t] != F.KIND_AGE]  # noqa: E731
+    assert no_age(again.tokens) == no_age(enc.tokens)
     # Values inside the train range decode inside their bin's edges.
     for (code, x), y in zip(timed.select(S.CODE, S.NUMERIC_VALUE).iter_rows(), got[S.NUMERIC_VALUE]):
         if x is not None:
@@ -109,7 +112,7 @@ def test_decode_counts_malformed(tiny_vocab):
     plain = v.code_to_id["ICD10//E11"]
     q1 = int(v.bin_ids[0])
     gap = int(v.gap_ids[3])
-    ids = [F.SOT_ID, q1, code, q1, q1, plain, q1, gap, gap, 99999, F.PAD_ID, v.age_ids[2], F.EOR_ID, plain]
+    ids = [F.SOT_ID, q1, code, q1, q1, plain, q1, gap, gap, 99999, F.PAD_ID, v.age_unknown_id, F.EOR_ID, plain]
     out, rep = decode(v, ids, value_mode="centre")
     assert out[S.CODE].to_list() == ["LOINC//4548-4", "ICD10//E11"]
     assert rep["dropped_orphan_value_bin"] == 3  # before any code, a repeat, after a code without bins
