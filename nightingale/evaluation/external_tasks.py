@@ -273,7 +273,7 @@ def aces_labels(task: AcesTask, dataset: MEDSDataset, split: str) -> tuple[pl.Da
     from aces.config import TaskExtractorConfig
     from omegaconf import OmegaConf
 
-    from nightingale.evaluation.tasks import draw_one_per_subject
+    from nightingale.evaluation.tasks import draw_end, draw_one_per_subject, draw_rule, observation_end
 
     cfg = TaskExtractorConfig.load(config_path=Path(task.config_path))
     _check_predicates_in_data(task, cfg, dataset)
@@ -295,13 +295,14 @@ def aces_labels(task: AcesTask, dataset: MEDSDataset, split: str) -> tuple[pl.Da
         ).join(id_frame, on=S.SUBJECT_ID))
     rows = pl.concat(frames) if frames else pl.DataFrame(schema=S.LABEL_SCHEMA)
     candidates = rows.height
+    end = observation_end(dataset)
     if task.one_per_subject:
-        rows = draw_one_per_subject(rows, task.seed)
+        rows = draw_one_per_subject(rows, task.seed, draw_end(task.horizon_days, end))
     labels = rows.select([pl.col(c).cast(t) for c, t in S.LABEL_SCHEMA.items()]).sort(
         S.SUBJECT_ID, S.PREDICTION_TIME)
     report = label_report(task.name, "aces", labels, subjects=int(ids.len()), candidates=candidates,
                           rule="labels extracted by es-aces from " + Path(task.config_path).name
-                          + ("; one row drawn per subject" if task.one_per_subject else ""))
+                          + (f"; {draw_rule(end is not None)}" if task.one_per_subject else ""))
     log.info("task %s (ACES): %d rows, %d kept, %d positive", task.name, candidates, labels.height,
              report["positives"])
     return labels, report

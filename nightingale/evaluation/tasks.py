@@ -10,31 +10,46 @@ A task says *when* a prediction is made and *what* counts as the outcome:
     seed: 0
 
 Prediction times
-- ``random_event``: one time per subject, drawn uniformly from the distinct times of the subject's
-  events (MEDS_BIRTH and MEDS_DEATH are not prediction times) at which the subject is alive (no
+- ``random_event``: one time per subject among the distinct times of the subject's events
+  (MEDS_BIRTH and MEDS_DEATH are not prediction times) at which the subject is alive (no
   MEDS_DEATH at or before it) and has at least `min_history_events` events at or before it
   (MEDS_BIRTH and MEDS_DEATH not counted).
 - ``trigger``: the time of each event matching `trigger_codes`, plus `offset_days`; the subject must
   be alive then and have `min_history_events` events at or before it. With `one_per_subject` one
   of these is drawn per subject.
-Draws are reproducible: a subject's draw depends only on its own record and the task seed (a
-SplitMix64 hash), so it does not change when other subjects are added or the data is re-split.
-The draw is made before any exclusion or censoring below, so neither can bias which time is chosen.
+
+The draw of one time per subject does not look at the subject's future where the dataset's
+observation end is known (`draw_one_per_subject`): a date D is drawn uniformly between the
+subject's first candidate time and the observation end less the horizon, and the prediction time
+is the first candidate at or after D. The chosen time is then a stopping time: whether a time is
+chosen depends only on the record up to it, so a label's probability is the risk given that
+history, which is what the model, the oracle and the baseline estimate. Drawing uniformly among
+*all* of a subject's event times instead picks times late in a record more often when the record
+is dense there, as it is in the last months of life: on the simulator that doubled 1-year
+mortality among labels (5.3% against 2.5% from the simulator's own oracle) and let a baseline
+that counts recent events beat the oracle. Where the observation end is not known (real data
+whose records end at different dates, or are shifted in time) each subject's last candidate
+bounds its own draw, so every subject with a candidate keeps one: uniform in time over the
+candidates' span rather than over the candidates, which weakens the density effect but still
+looks ahead (to that last candidate); the label report says which rule was used.
+Draws are reproducible: a subject's draw depends only on its own record, the task seed (a
+SplitMix64 hash) and the observation end, so it does not change when other subjects are added or
+the data is re-split. The draw is made before any exclusion or censoring below, so neither can bias
+which time is chosen.
 
 Labels and exclusions (in this order)
 - `new_only`: a subject with an outcome code at or before the prediction time is *excluded*
   rather than labelled False: the task asks who will newly develop the outcome, and a subject who
   already has it is not at risk. Counting them as negatives would make prevalent cases look like
   easy negatives and inflate the AUROC of any model that recognises the existing diagnosis.
-- Censoring: a prediction is kept only if the subject is known to be observed to at least
-  t + horizon, or the outcome happens in (t, t + horizon], or the subject dies in (t, t + horizon].
-  Death without the outcome is a known negative (the outcome can no longer happen), so it is kept
-  as False, not censored; for mortality tasks death is the outcome. "Observed to" is the dataset's
-  observation end where it is known (`observation_end` in dataset.json: the simulator follows
-  every subject to its end date or death), and otherwise the last event of the record. Without a
-  known end, a survivor whose record simply has no event after t + horizon is censored while a
-  positive never is, which inflates the prevalence (5.7% observed against 1.8% predicted for
-  mortality on the simulator): the rule used is in the label report.
+- Censoring: where the dataset's observation end is known (`observation_end` in dataset.json:
+  the simulator follows every subject to its end date or death), a prediction whose horizon
+  passes it is dropped whatever its outcome, and every other one is kept (its outcome is known
+  either way). Where it is not known, a prediction is kept only if the record goes on to at least
+  t + horizon, or the outcome happens in (t, t + horizon], or the subject dies in (t, t +
+  horizon] (death without the outcome is a known negative: the outcome can no longer happen);
+  there a survivor whose record simply has no event after t + horizon is censored while a
+  positive never is, which inflates the prevalence: the rule used is in the label report.
 - boolean_value: an outcome code in (t, t + horizon] (the same window as
   `oracle.observed_labels`, so labels agree with the simulator's own outcome definitions).
 
@@ -246,24 +261,43 @@ def draw_keys(subject_ids: np.ndarray, times_us: np.ndarray, seed: int) -> np.nd
         return mix((x ^ np.asarray(times_us).astype(np.uint64)) + golden)
 
 
-def draw_one_per_subject(rows: pl.DataFrame, seed: int, time_col: str = S.PREDICTION_TIME) -> pl.DataFrame:
-    """One row per subject: the one whose (subject, time) has the smallest draw key (uniform over
-    the subject's distinct times; the same draw the built-in tasks make)."""
+def draw_one_per_subject(rows: pl.DataFrame, seed: int, until: dt.datetime | None = None,
+                         time_col: str = S.PREDICTION_TIME) -> pl.DataFrame:
+    """One row per subject, chosen without looking past it (see the module docstring): a date D
+    uniform between the subject's first candidate time and the last date the draw may pick, then
+    the first candidate at or after D. That last date is `until` (the observation end less the
+    horizon, where known) or, without it, the subject's last candidate; where it is before the
+    first candidate, D is the first candidate. A subject with no candidate in [D, until] gives no
+    row. The built-in tasks and ACES tasks draw alike."""
     if rows.is_empty():
         return rows
-    return (rows.with_columns(_draw_key(seed, time_col).alias("_key"))
-            .sort("_key").unique(S.SUBJECT_ID, keep="first").drop("_key"))
+    t = pl.col(time_col).cast(pl.Datetime("us")).cast(pl.Int64)
+    hi = t if until is None else pl.lit(int((until - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1)))
+    per = rows.group_by(S.SUBJECT_ID).agg(t.min().alias("_lo"), hi.max().alias("_hi")).sort(S.SUBJECT_ID)
+    sid = per[S.SUBJECT_ID].to_numpy()
+    u = draw_keys(sid, np.zeros(len(sid), np.int64), seed).astype(np.float64) / 2.0**64
+    lo, end = per["_lo"].to_numpy(), per["_hi"].to_numpy()
+    dates = per.select(S.SUBJECT_ID).with_columns(
+        pl.Series("_d", lo + (u * np.maximum(end - lo, 0)).astype(np.int64)),
+        pl.Series("_end", np.maximum(end, lo)))
+    return (rows.join(dates, on=S.SUBJECT_ID)
+            .filter((t >= pl.col("_d")) & (t <= pl.col("_end")))
+            .sort(S.SUBJECT_ID, time_col).unique(S.SUBJECT_ID, keep="first", maintain_order=True)
+            .drop("_d", "_end"))
 
 
-def _draw_key(seed: int, time_col: str) -> pl.Expr:
-    def keys(s: pl.Series) -> pl.Series:
-        sid = s.struct.field(S.SUBJECT_ID).to_numpy()
-        t = s.struct.field(time_col).cast(pl.Int64).to_numpy()
-        return pl.Series(draw_keys(sid, t, seed), dtype=pl.UInt64)
+def draw_rule(end_known: bool) -> str:
+    """How `draw_one_per_subject` chose, in words for label reports."""
+    return ("one per subject: the first candidate at or after a uniform date up to the observation end "
+            "less the horizon (looks at no later event)" if end_known else
+            "one per subject: the first candidate at or after a uniform date up to the subject's last "
+            "candidate (the observation end is unknown)")
 
-    return pl.struct(S.SUBJECT_ID, time_col).map_batches(
-        keys, return_dtype=pl.UInt64, is_elementwise=True
-    )
+
+def draw_end(horizon_days: float, observation_end: dt.datetime | None) -> dt.datetime | None:
+    """The last date a one-per-subject draw may pick where the observation end is known: that end
+    less the horizon (None where it is not known: each subject's record bounds its own draw)."""
+    return None if observation_end is None else observation_end - dt.timedelta(days=horizon_days)
 
 
 @dataclass(frozen=True)
@@ -279,6 +313,7 @@ class LabelReport:
     kept: int
     positives: int
     censoring: str = "on the last event of each record"
+    draw: str = "every candidate time"
 
     @property
     def prevalence(self) -> float:
@@ -303,9 +338,9 @@ def _summaries(task: Task, timed: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _candidates(task: Task, timed: pl.LazyFrame, subjects: pl.LazyFrame) -> pl.LazyFrame:
-    """Prediction times after eligibility (alive, enough history) and the per-subject draw, with
-    the subject's summary columns."""
+def _candidates(task: Task, timed: pl.LazyFrame, subjects: pl.LazyFrame, until: dt.datetime | None) -> pl.LazyFrame:
+    """Prediction times after eligibility (alive, enough history) and the per-subject draw (see
+    `draw_one_per_subject`), with the subject's summary columns."""
     pt = pl.col(S.PREDICTION_TIME)
     if task.prediction_time == RANDOM_EVENT:
         times = timed.filter(~pl.col(S.CODE).is_in([S.BIRTH_CODE, S.DEATH_CODE])).select(
@@ -319,12 +354,9 @@ def _candidates(task: Task, timed: pl.LazyFrame, subjects: pl.LazyFrame) -> pl.L
     cands = times.join(subjects.select(S.SUBJECT_ID, "_tm", "_death"), on=S.SUBJECT_ID).filter(
         (pt >= pl.col("_tm")) & (pl.col("_death").is_null() | (pl.col("_death") > pt))
     )
-    if task.one_per_subject:  # the eligible time with the smallest key: uniform over distinct times
-        cands = (
-            cands.with_columns(_draw_key(task.seed, S.PREDICTION_TIME).alias("_key"))
-            .group_by(S.SUBJECT_ID)
-            .agg(pt.sort_by("_key").first())
-        )
+    if task.one_per_subject:
+        rows = cands.select(S.SUBJECT_ID, S.PREDICTION_TIME).unique()
+        cands = draw_one_per_subject(rows.collect(), task.seed, until).lazy()
     else:
         cands = cands.select(S.SUBJECT_ID, S.PREDICTION_TIME).unique()
     return cands.join(subjects, on=S.SUBJECT_ID)
@@ -358,7 +390,7 @@ def build_labels(
         pl.col(S.SUBJECT_ID).cast(pl.Int64), pl.col(S.TIME).cast(pl.Datetime("us"))
     )
     subjects = _summaries(task, timed).collect().lazy()  # reused twice below: compute once
-    cands = _candidates(task, timed, subjects)
+    cands = _candidates(task, timed, subjects, draw_end(task.horizon_days, observation_end))
 
     pt = pl.col(S.PREDICTION_TIME)
     end = pt + pl.duration(microseconds=round(task.horizon_days * US_PER_DAY))
@@ -381,14 +413,17 @@ def build_labels(
             pt,
             (pl.col("_next").is_not_null() & (pl.col("_next") <= end)).alias(S.BOOLEAN_VALUE),
             ((pl.col("_first") <= pt).fill_null(False) & task.new_only).alias("_prior"),
-            ((pl.col("_last") >= end) | (end <= observation_end if observation_end is not None else False))
+            ((end <= observation_end) if observation_end is not None else (pl.col("_last") >= end))
             .alias("_followed"),
             (pl.col("_death").is_not_null() & (pl.col("_death") <= end)).alias("_died"),
         )
         .collect()
     )
-    # Kept: record followed to the horizon, or the outcome (or death: a known negative) within it.
-    keep = ~pl.col("_prior") & (pl.col("_followed") | pl.col(S.BOOLEAN_VALUE) | pl.col("_died"))
+    # Kept: observed to the horizon; where the observation end is unknown, also the outcome (or
+    # death: a known negative) within it.
+    known = pl.col("_followed") if observation_end is not None else (
+        pl.col("_followed") | pl.col(S.BOOLEAN_VALUE) | pl.col("_died"))
+    keep = ~pl.col("_prior") & known
     labels = (
         rows.filter(keep)
         .select([pl.col(c).cast(t) for c, t in LABEL_SCHEMA.items()])
@@ -405,6 +440,7 @@ def build_labels(
         positives=int(labels[S.BOOLEAN_VALUE].sum()),
         **({"censoring": f"on the dataset's observation end {observation_end.isoformat()} (dataset.json)"}
            if observation_end is not None else {}),
+        **({"draw": draw_rule(observation_end is not None)} if task.one_per_subject else {}),
     )
     log.info(
         "task %s: %d candidates, %d excluded (new_only), %d censored, %d kept, %d positive",

@@ -90,9 +90,11 @@ def test_one_per_subject_draws_like_the_builtin_task(sim, tmp_path):
     assert both.height == ours.height > 20
     assert (both[S.BOOLEAN_VALUE] == both[f"{S.BOOLEAN_VALUE}_aces"]).all()
     drawn = label_dataset(load_task(ACES_DIR / "simulator" / "mortality_1y.yaml"), sim, S.HELD_OUT)
-    assert drawn[S.SUBJECT_ID].is_unique().all() and drawn.height == theirs[S.SUBJECT_ID].n_unique()
+    # At most one row per subject (none where the drawn date falls after the subject's last
+    # candidate), and where the candidates agree the same seeded date picks the same time.
+    assert drawn[S.SUBJECT_ID].is_unique().all() and 0.5 * theirs[S.SUBJECT_ID].n_unique() < drawn.height
     same = drawn.join(ours, on=KEY)
-    assert same.height >= 0.9 * ours.height  # built-in drops censored draws; ACES keeps them
+    assert same.height >= 0.9 * ours.height
 
 
 def test_bad_aces_configs_name_the_file_and_field(sim, tmp_path):

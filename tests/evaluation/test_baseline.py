@@ -162,7 +162,7 @@ def test_simulated_features_ignore_the_future(simulated):
 def test_baseline_beats_chance_on_held_out_subjects(simulated):
     events = simulated.scan()
     train = _labels(MORTALITY, simulated, [S.TRAIN])
-    test = _labels(MORTALITY, simulated, [S.TUNING, S.HELD_OUT])
+    test = _labels(MORTALITY, simulated, [S.TUNING, S.HELD_OUT], seeds=range(8))
     assert not set(train[S.SUBJECT_ID]) & set(test[S.SUBJECT_ID])
     start = time.perf_counter()
     p = fit_and_predict(events, train, test, name="mortality_1y")
@@ -174,4 +174,4 @@ def test_baseline_beats_chance_on_held_out_subjects(simulated):
         f"mortality_1y: {train.height} train rows, {test.height} test rows ({y.sum()} positive), "
         f"AUROC {auroc:.3f}, featurise + fit + predict {seconds:.1f}s"
     )
-    assert y.sum() >= 20 and auroc > MIN_AUROC
+    assert y.sum() >= 10 and auroc > MIN_AUROC  # ~0.6% of random times precede a death within a year
