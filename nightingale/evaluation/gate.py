@@ -11,7 +11,8 @@ A gate file (configs/gate/*.yaml) lists checks:
         min: 0.6
         optional: false                        # a missing or NaN metric fails (default)
 
-A check passes when its value is finite and within [min, max]. A metric that is missing, NaN or
+A check passes when its value is finite and within [min, max] (and strictly above `above` /
+below `below`, where given: `above: 0` for "better than nothing"). A metric that is missing, NaN or
 matches nothing fails the check unless it is `optional` (then it is reported as skipped): a gate
 that cannot be evaluated must not pass. A wildcard check passes only when every match passes.
 The result is what `inference.gate` reads from `gate_report.json`: passed, failed (names).
@@ -27,7 +28,8 @@ from typing import Any
 
 import yaml
 
-KNOWN = {"name", "metric", "min", "max", "optional", "description"}
+KNOWN = {"name", "metric", "min", "max", "above", "below", "optional", "description"}
+BOUNDS = ("min", "max", "above", "below")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,20 +38,25 @@ class Check:
     metric: str
     min: float | None = None
     max: float | None = None
+    above: float | None = None
+    below: float | None = None
     optional: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.min is None and self.max is None:
-            raise ValueError(f"gate check {self.name!r}: needs min or max")
+        if all(getattr(self, b) is None for b in BOUNDS):
+            raise ValueError(f"gate check {self.name!r}: needs min, max, above or below")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"gate check {self.name!r}: min {self.min} > max {self.max}")
 
     @property
     def rule(self) -> str:
-        parts = ([f">= {self.min:g}"] if self.min is not None else []) + (
-            [f"<= {self.max:g}"] if self.max is not None else [])
-        return " and ".join(parts)
+        ops = {"min": ">=", "max": "<=", "above": ">", "below": "<"}
+        return " and ".join(f"{ops[b]} {getattr(self, b):g}" for b in BOUNDS if getattr(self, b) is not None)
+
+    def holds(self, v: float) -> bool:
+        return ((self.min is None or v >= self.min) and (self.max is None or v <= self.max)
+                and (self.above is None or v > self.above) and (self.below is None or v < self.below))
 
 
 def parse_checks(items: Sequence[Mapping[str, Any]], source: str = "gate") -> list[Check]:
@@ -67,7 +74,7 @@ def parse_checks(items: Sequence[Mapping[str, Any]], source: str = "gate") -> li
         for field in ("name", "metric"):
             if not isinstance(item.get(field), str) or not item[field]:
                 raise ValueError(f"{where}.{field}: expected a non-empty string")
-        for field in ("min", "max"):
+        for field in BOUNDS:
             if item.get(field) is not None and not isinstance(item[field], int | float):
                 raise ValueError(f"{where}.{field}: expected a number, got {item[field]!r}")
         if item["name"] in names:
@@ -111,7 +118,7 @@ def apply_gate(report: Mapping[str, Any], checks: Sequence[Check]) -> dict[str, 
     for c in checks:
         found = list(_lookup(report, c.metric.split(".")))
         values = [{"metric": path, "value": v if _finite(v) else None,
-                   "passed": _finite(v) and (c.min is None or v >= c.min) and (c.max is None or v <= c.max)}
+                   "passed": _finite(v) and c.holds(v)}
                   for path, v in found]
         if not values or any(v["value"] is None for v in values):
             status = "skipped" if c.optional else "failed"

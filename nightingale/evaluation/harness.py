@@ -223,7 +223,7 @@ class Harness:
             entry["model"].update(estimator=r.estimator, rollouts=zcfg.rollouts,
                                   truncated_rollout_share=float(r.truncated.mean()))
             if min(int(y.sum()), int(len(y) - y.sum())) >= tcfg.min_class:
-                entry["gate_metrics"] = {k: entry["model"].get(k) for k in ("auroc", "auprc", "brier", "ece")}
+                entry["gate_metrics"] = {k: entry["model"].get(k) for k in ("auroc", "auprc", "brier", "brier_skill", "ece")}
             else:
                 entry["gate_note"] = f"fewer than {tcfg.min_class} positive or negative labels: not gated"
             entry["auroc_by_rollouts"] = {e: auroc_by_rollouts(y, v, ROLLOUT_COUNTS) for e, v in r.values.items()}
@@ -239,6 +239,9 @@ class Harness:
                     preds["baseline"] = bp
                 else:
                     entry["baseline"] = None
+            if "gate_metrics" in entry:  # the comparing gate: None (fails it) without a baseline
+                entry["gate_metrics"]["auroc_vs_baseline"] = M.auroc_difference(
+                    entry["model"].get("auroc"), (entry.get("baseline") or {}).get("auroc"))
             if tcfg.oracle and self.is_simulated and (outcome := oracle_outcome(task)):
                 op = self._oracle(outcome, task, r.labels, tcfg.oracle_samples)
                 ok = np.isfinite(op)

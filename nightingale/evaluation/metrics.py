@@ -144,8 +144,25 @@ def calibration_table(y_true, y_prob, n_bins: int = 10, strategy: str = "uniform
     return rows
 
 
+def brier_skill(y_true, y_prob) -> float:
+    """Brier skill score against the labels' prevalence: 1 - Brier / (q (1 - q)), q the share of
+    positives, i.e. against predicting q for everyone (> 0: better than that; NaN with one class).
+
+    >>> round(brier_skill([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]), 3)
+    0.9
+    >>> brier_skill([0, 0, 1, 1], [0.5, 0.5, 0.5, 0.5])
+    0.0
+    """
+    y, p = check_binary(y_true, y_prob)
+    q = float(y.mean())
+    if q in (0.0, 1.0):
+        return float("nan")
+    return 1.0 - brier_score(y, p) / (q * (1.0 - q))
+
+
 def binary_metrics(y_true, y_prob) -> dict:
-    """n, positives, prevalence, auroc, auprc, brier and ece (10 uniform bins) of one task."""
+    """n, positives, prevalence, auroc, auprc, brier, brier_skill (against the prevalence) and
+    ece (10 uniform bins) of one task."""
     y, p = check_binary(y_true, y_prob)
     return {
         "n": len(y),
@@ -154,6 +171,7 @@ def binary_metrics(y_true, y_prob) -> dict:
         "auroc": auroc(y, p),
         "auprc": auprc(y, p),
         "brier": brier_score(y, p),
+        "brier_skill": brier_skill(y, p),
         "ece": expected_calibration_error(y, p),
     }
 
@@ -333,3 +351,17 @@ def auroc_ratio(model_auroc: float | None, reference_auroc: float | None) -> flo
     if not (math.isfinite(m) and math.isfinite(r)) or r <= 0:
         return math.nan
     return m / r
+
+
+def auroc_difference(model_auroc: float | None, reference_auroc: float | None) -> float:
+    """model - reference AUROC (e.g. -0.02: two points below a supervised baseline); NaN when
+    either is missing or NaN, so a gate on it cannot pass without both.
+
+    >>> round(auroc_difference(0.88, 0.91), 2)
+    -0.03
+    >>> auroc_difference(0.8, None)
+    nan
+    """
+    if model_auroc is None or reference_auroc is None:
+        return math.nan
+    return float(model_auroc) - float(reference_auroc)

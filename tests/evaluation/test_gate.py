@@ -54,7 +54,7 @@ def test_missing_or_non_numeric_metric_fails_unless_optional(value):
 def test_bad_gate_files_name_the_entry_and_field(tmp_path):
     with pytest.raises(ValueError, match=r"checks\[0\]: unknown field\(s\) \['maximum'\]"):
         parse_checks([{"name": "a", "metric": "m", "maximum": 1}], "g.yaml")
-    with pytest.raises(ValueError, match=r"checks\[0\]: gate check 'a': needs min or max"):
+    with pytest.raises(ValueError, match=r"checks\[0\]: gate check .a.: needs min, max, above or below"):
         parse_checks([{"name": "a", "metric": "m"}], "g.yaml")
     with pytest.raises(ValueError, match=r"checks\[1\].name: 'a' is used twice"):
         parse_checks([{"name": "a", "metric": "m", "min": 0}, {"name": "a", "metric": "n", "min": 0}])
@@ -85,3 +85,30 @@ def test_the_server_reads_what_the_gate_writes(tmp_path):
     assert check_gate(tmp_path)["passed"]
     assert gate_file(report)["checks"]["auroc"]["status"] == "passed"
     assert "Gate **PASSED**" in markdown(report)
+
+
+def test_the_default_gate_fails_a_model_that_loses_to_the_baseline_and_says_so():
+    """Item 7 of issue 13: AUROC >= the baseline's less 0.03 and a Brier skill > 0, per gated task."""
+    checks = [c for c in load_gate(REPO / "configs" / "gate" / "default.yaml")
+              if c.name in ("task_vs_baseline", "task_brier_skill")]
+    assert len(checks) == 2
+
+    def report(delta, skill):
+        return {"tasks": {"death": {"gate_metrics": {"auroc_vs_baseline": delta, "brier_skill": skill}}}}
+
+    assert apply_gate(report(-0.02, 0.05), checks)["passed"]
+    g = apply_gate(report(-0.06, 0.05), checks)
+    assert g["failed"] == ["task_vs_baseline"]
+    assert g["checks"]["task_vs_baseline"]["why"] == "tasks.death.gate_metrics.auroc_vs_baseline outside >= -0.03"
+    g = apply_gate(report(0.01, 0.0), checks)  # no better than the prevalence: strictly above 0 needed
+    assert g["failed"] == ["task_brier_skill"] and "> 0" in g["checks"]["task_brier_skill"]["why"]
+    # A gated task without a baseline cannot pass the comparison.
+    assert apply_gate(report(math.nan, 0.05), checks)["failed"] == ["task_vs_baseline"]
+
+
+def test_strict_bounds():
+    assert Check("x", "a", above=0).rule == "> 0" and Check("x", "a", min=0, below=1).rule == ">= 0 and < 1"
+    assert apply_gate({"a": 0.5}, [Check("x", "a", above=0, below=1)])["passed"]
+    assert not apply_gate({"a": 1.0}, [Check("x", "a", above=0, below=1)])["passed"]
+    with pytest.raises(ValueError, match="needs min, max, above or below"):
+        Check("x", "a")
