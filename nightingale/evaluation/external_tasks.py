@@ -273,7 +273,12 @@ def aces_labels(task: AcesTask, dataset: MEDSDataset, split: str) -> tuple[pl.Da
     from aces.config import TaskExtractorConfig
     from omegaconf import OmegaConf
 
-    from nightingale.evaluation.tasks import draw_end, draw_one_per_subject, draw_rule, observation_end
+    from nightingale.evaluation.tasks import (
+        draw_end,
+        draw_one_per_subject,
+        draw_rule,
+        observation_end,
+    )
 
     cfg = TaskExtractorConfig.load(config_path=Path(task.config_path))
     _check_predicates_in_data(task, cfg, dataset)

@@ -9,11 +9,11 @@ import numpy as np
 import polars as pl
 
 from nightingale import schema as S
-from nightingale.tokenizer import TokenizerConfig, Vocabulary
+from nightingale.inference.prompts import Event, body_banned_ids, build_prompt
+from nightingale.tokenizer import Vocabulary
 from nightingale.tokenizer import families as F
 from nightingale.tokenizer.decode import decode
 from nightingale.tokenizer.encode import encode_events
-from nightingale.inference.prompts import Event, body_banned_ids, build_prompt
 
 BIRTH = dt.datetime(1980, 6, 15)
 SCHEMA = {S.SUBJECT_ID: pl.Int64, S.TIME: pl.Datetime("us"), S.CODE: pl.String, S.NUMERIC_VALUE: pl.Float32}
