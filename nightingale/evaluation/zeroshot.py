@@ -73,8 +73,8 @@ class TaskRollouts:
 
     @property
     def probability(self) -> np.ndarray:
-        v = self.values[self.estimator]
-        return v.mean(axis=1) if v.size else np.zeros(len(self.labels))
+        v = self.values[self.estimator]  # clipped as Forecast.risk (the API's estimate) clips
+        return np.clip(v.mean(axis=1), 0.0, 1.0) if v.size else np.zeros(len(self.labels))
 
 
 async def task_rollouts(engine: Engine, corpus, tasks: Mapping[str, tuple[Sequence[str], float]],
@@ -144,4 +144,4 @@ async def task_rollouts(engine: Engine, corpus, tasks: Mapping[str, tuple[Sequen
 def auroc_by_rollouts(y_true: np.ndarray, values: np.ndarray, counts: Sequence[int]) -> dict[int, float]:
     """AUROC of the probability estimated from the first m rollouts' values, for each m in
     `counts` (<= the rollouts sampled): how many rollouts a stable AUROC needs."""
-    return {int(m): auroc(y_true, values[:, :m].mean(axis=1)) for m in counts if 0 < m <= values.shape[1]}
+    return {int(m): auroc(y_true, np.clip(values[:, :m].mean(axis=1), 0.0, 1.0)) for m in counts if 0 < m <= values.shape[1]}

@@ -145,8 +145,10 @@ class Forecast:
         return self.probability if (estimator or self.estimator) == PROBABILITY else self.count
 
     def risk(self, estimator: str | None = None) -> np.ndarray:
-        """Estimated probabilities [prompts, outcomes, horizons] (mean over rollouts)."""
-        return self.values(estimator).mean(axis=-1)
+        """Estimated probabilities [prompts, outcomes, horizons]: the mean over rollouts, clipped
+        to [0, 1] (a rollout's sum of per-step probabilities can pass 1 where the outcome is
+        likely at many steps and sampled at none; the mean only does so at few rollouts)."""
+        return np.clip(self.values(estimator).mean(axis=-1), 0.0, 1.0)
 
     def estimate(self, i: int, a: int, b: int) -> RiskEstimate:
         """Prompt i, outcome a, horizon b with its 95% Monte-Carlo interval."""

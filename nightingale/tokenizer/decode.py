@@ -102,10 +102,20 @@ def decode(
     rep["dropped_misplaced_age"] = int(((bk == F.KIND_AGE) & ~body_age).sum())
     rep["age_tokens"] = int(body_age.sum())
     if birth is not None and body_age.any():
+        # The first band change dates the birth, where it is the band after the prefix's (a
+        # generated timeline may write any band; a conditioned prefix has the last word).
         i = int(np.flatnonzero(body_age)[0])
-        before = np.flatnonzero(ev < i)
-        since = int(clock[ev[before[-1]]]) if len(before) else t0  # the last event before the change
-        birth = (since + int(clock[i])) // 2 - int(round(vocab.age_lower_years[body[i]] * US_PER_YEAR))
+        band = vocab.age_lower_years[body[i]]
+        if band == vocab.age_lower_years[ages[0]] + vocab.config.age_band_years:
+            before = np.flatnonzero(ev < i)
+            since = int(clock[ev[before[-1]]]) if len(before) else t0  # the last event before the change
+            refined = (since + int(clock[i])) // 2 - int(round(band * US_PER_YEAR))
+            # ... and the prefix band still holds at the start
+            oldest = t0 - int(round(band * US_PER_YEAR)) + 1
+            youngest = t0 - int(round((band - vocab.config.age_band_years) * US_PER_YEAR))
+            birth = min(max(refined, oldest), youngest)
+        else:
+            rep["age_tokens_ignored"] = 1
     rep["dropped_misplaced_start"] = int((body == F.SOT_ID).sum())
     rep["time_gap_tokens"] = int((bk == F.KIND_TIME_GAP).sum())
 

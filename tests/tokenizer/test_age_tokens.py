@@ -94,3 +94,15 @@ def test_decode_dates_the_birth_from_a_band_change(tiny_vocab):
     # An older vocabulary counts an age token in the body as misplaced.
     _, rep = decode(_vocab(v, age_in_timeline=False), ids, start_time=t0)
     assert rep["dropped_misplaced_age"] == 1
+
+
+def test_a_generated_band_that_contradicts_the_prefix_does_not_move_the_birth(tiny_vocab):
+    """A cohort's prefix band is what was asked for; a model that writes an unrelated band in the
+    body (here 40-45 after 60-65) leaves the birth where the prefix puts it."""
+    v = tiny_vocab
+    code = v.code_to_id["ICD10//I10"]
+    ids = [v.age_ids[12], F.SOT_ID, code, int(v.gap_ids[-1]), int(v.age_ids[8]), code]
+    out, rep = decode(v, ids, start_time=dt.datetime(2020, 1, 1))
+    birth = out.filter(pl.col(S.CODE) == S.BIRTH_CODE)[S.TIME][0]
+    assert 60 <= (dt.datetime(2020, 1, 1) - birth).days / 365.25 < 65
+    assert rep["age_tokens_ignored"] == 1 and rep["dropped_total"] == 0
