@@ -12,6 +12,7 @@ beyond ACES sits in its free-form `metadata` section, which ACES ignores:
       nightingale:            # all optional
         name: mortality_1y    # default: the file name
         one_per_subject: true # draw one of ACES's rows per subject (seeded, as the built-in draw)
+        draws_per_subject: 1  # with one_per_subject: independent draws per subject
         seed: 0
         outcome_codes: [MEDS_DEATH]   # default: derived from the label predicate
         horizon_days: 365             # default: derived from the label window
@@ -79,6 +80,7 @@ class AcesTask:
     horizon_days: float
     description: str = ""
     one_per_subject: bool = False
+    draws_per_subject: int = 1
     seed: int = 0
     new_only: bool = False  # ACES expresses exclusions itself; the oracle matching reads this
     forecast_note: str = ""  # how the zero-shot outcome and horizon relate to the ACES windows
@@ -105,7 +107,7 @@ def load_aces_task(path: Path, mapping: Mapping[str, Any]) -> AcesTask:
     ours = (meta.get("nightingale") if isinstance(meta, Mapping) else None) or {}
     if not isinstance(ours, Mapping):
         raise _fail(source, "field 'metadata.nightingale': must be a mapping")
-    allowed = {"name", "one_per_subject", "seed", "outcome_codes", "horizon_days"}
+    allowed = {"name", "one_per_subject", "draws_per_subject", "seed", "outcome_codes", "horizon_days"}
     unknown = sorted(set(ours) - allowed)
     if unknown:
         raise _fail(source, f"field 'metadata.nightingale': unknown field(s) {unknown}; allowed: {sorted(allowed)}")
@@ -139,6 +141,7 @@ def load_aces_task(path: Path, mapping: Mapping[str, Any]) -> AcesTask:
             outcome_codes=tuple(codes) if not isinstance(codes, str) else (codes,),
             horizon_days=float(horizon), description=str(description),
             one_per_subject=ours.get("one_per_subject", False), seed=ours.get("seed", 0),
+            draws_per_subject=ours.get("draws_per_subject", 1),
             forecast_note="; ".join(notes) or "outcome and horizon derived from the ACES label window",
         )
     except (TypeError, ValueError) as e:
@@ -158,9 +161,10 @@ def _check_common(task, source: str) -> None:
     for field in ("one_per_subject",):
         if not isinstance(getattr(task, field, False), bool):
             raise _fail(source, f"field '{field}': must be true or false")
-    seed = getattr(task, "seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise _fail(source, f"field 'seed': must be an integer >= 0, got {seed!r}")
+    for field, low in (("seed", 0), ("draws_per_subject", 1)):
+        v = getattr(task, field, low)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise _fail(source, f"field '{field}': must be an integer >= {low}, got {v!r}")
 
 
 def _predicate_codes(cfg, name: str) -> tuple[list[str] | None, str]:
@@ -302,12 +306,12 @@ def aces_labels(task: AcesTask, dataset: MEDSDataset, split: str) -> tuple[pl.Da
     candidates = rows.height
     end = observation_end(dataset)
     if task.one_per_subject:
-        rows = draw_one_per_subject(rows, task.seed, draw_end(task.horizon_days, end))
+        rows = draw_one_per_subject(rows, task.seed, draw_end(task.horizon_days, end), draws=task.draws_per_subject)
     labels = rows.select([pl.col(c).cast(t) for c, t in S.LABEL_SCHEMA.items()]).sort(
         S.SUBJECT_ID, S.PREDICTION_TIME)
     report = label_report(task.name, "aces", labels, subjects=int(ids.len()), candidates=candidates,
                           rule="labels extracted by es-aces from " + Path(task.config_path).name
-                          + (f"; {draw_rule(end is not None)}" if task.one_per_subject else ""))
+                          + (f"; {draw_rule(end is not None, task.draws_per_subject)}" if task.one_per_subject else ""))
     log.info("task %s (ACES): %d rows, %d kept, %d positive", task.name, candidates, labels.height,
              report["positives"])
     return labels, report

@@ -49,7 +49,7 @@ class TasksConfig:
     three positives says little either way)."""
 
     max_labels: int | None = 1000
-    min_class: int = 10
+    min_class: int = 30
     interval_min_class: int = 30
     bootstrap: int = 1000
     baseline: bool = True
@@ -86,13 +86,15 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def score(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int, interval_min_class: int = 30) -> dict[str, Any]:
+def score(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int, interval_min_class: int = 30,
+          subjects: np.ndarray | None = None) -> dict[str, Any]:
     """Point metrics, bootstrap 95% intervals (only with `interval_min_class` labels of each
-    class) and the calibration table of one predictor."""
+    class; resampling `subjects`, one id per label, where given) and the calibration table of one
+    predictor."""
     out: dict[str, Any] = M.binary_metrics(y, p)
     smaller = int(min(y.sum(), len(y) - y.sum()))
     if smaller >= max(interval_min_class, 1):
-        for name, v in M.bootstrap_metrics(y, p, n_boot=n_boot, seed=seed).items():
+        for name, v in M.bootstrap_metrics(y, p, n_boot=n_boot, seed=seed, groups=subjects).items():
             out[f"{name}_ci"] = [v["low"], v["high"]]
     elif smaller:
         out["interval_note"] = f"no interval: {smaller} labels in the smaller class (< {interval_min_class})"
@@ -219,7 +221,8 @@ class Harness:
                 out[name] = entry
                 continue
             p = as_written(r.probability)
-            entry["model"] = score(y, p, tcfg.bootstrap, tcfg.seed, tcfg.interval_min_class)
+            sid = r.labels[S.SUBJECT_ID].to_numpy()
+            entry["model"] = score(y, p, tcfg.bootstrap, tcfg.seed, tcfg.interval_min_class, sid)
             entry["model"].update(estimator=r.estimator, rollouts=zcfg.rollouts,
                                   truncated_rollout_share=float(r.truncated.mean()))
             if min(int(y.sum()), int(len(y) - y.sum())) >= tcfg.min_class:
@@ -234,7 +237,7 @@ class Harness:
                 bp = self._baseline(task, r.labels)
                 if bp is not None:
                     bp = as_written(bp)
-                    entry["baseline"] = score(y, bp, tcfg.bootstrap, tcfg.seed, tcfg.interval_min_class)
+                    entry["baseline"] = score(y, bp, tcfg.bootstrap, tcfg.seed, tcfg.interval_min_class, sid)
                     write_predictions(r.labels, bp, pred_dir / f"{name}.baseline.parquet")
                     preds["baseline"] = bp
                 else:
@@ -245,7 +248,7 @@ class Harness:
             if tcfg.oracle and self.is_simulated and (outcome := oracle_outcome(task)):
                 op = self._oracle(outcome, task, r.labels, tcfg.oracle_samples)
                 ok = np.isfinite(op)
-                entry["oracle"] = score(y[ok], op[ok], tcfg.bootstrap, tcfg.seed, tcfg.interval_min_class)
+                entry["oracle"] = score(y[ok], op[ok], tcfg.bootstrap, tcfg.seed, tcfg.interval_min_class, sid[ok])
                 entry["oracle"]["outcome"] = outcome
                 entry["oracle"]["scored"] = int(ok.sum())
                 if ok.sum() > 2:

@@ -238,15 +238,34 @@ _VECTORISED = {auroc: _auroc_w, auprc: _auprc_w, brier_score: _brier_w,
                expected_calibration_error: _ece_w}
 
 
-def _replicates(y: np.ndarray, p: np.ndarray, metric: Metric, n_boot: int, seed: int) -> np.ndarray:
+def _replicates(y: np.ndarray, p: np.ndarray, metric: Metric, n_boot: int, seed: int,
+                groups: np.ndarray | None = None) -> np.ndarray:
+    """Metric values over resamples of rows, or of whole groups of rows (a subject's several
+    prediction times) where `groups` gives each row's group: [n_boot]."""
     fast = _VECTORISED.get(metric)
+    if groups is None:
+        member, n_units = np.arange(len(y)), len(y)
+    else:
+        _, member = np.unique(groups, return_inverse=True)
+        n_units = int(member.max()) + 1 if len(member) else 0
     out = []
-    for idx in _resamples(len(y), n_boot, seed):
+    for idx in _resamples(n_units, n_boot, seed):
+        w = _counts(idx, n_units)[:, member]  # [B, rows]: a row counts as often as its group
         if fast is not None:
-            out.append(fast(_counts(idx, len(y)), y, p))
+            out.append(fast(w, y, p))
         else:
-            out.append(np.array([metric(y[i], p[i]) for i in idx], dtype=np.float64))
+            rows = [np.repeat(np.arange(len(y)), wi.astype(np.int64)) for wi in w]
+            out.append(np.array([metric(y[r], p[r]) for r in rows], dtype=np.float64))
     return np.concatenate(out)
+
+
+def _check_groups(groups, n: int) -> np.ndarray | None:
+    if groups is None:
+        return None
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"groups: expected one group id per row ({n}), got shape {g.shape}")
+    return g
 
 
 def _percentiles(reps: np.ndarray, alpha: float) -> tuple[float, float]:
@@ -265,27 +284,30 @@ def _check_boot(n_boot: int, alpha: float) -> None:
 
 
 def bootstrap_ci(y_true, y_prob, metric: Metric, n_boot: int = 1000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap (1 - alpha) interval of metric(y, p), resampling subjects with
-    replacement. Resamples where the metric is NaN (one class) are dropped; when fewer than half
-    remain the interval is (nan, nan). This module's auroc, auprc, brier_score and
-    expected_calibration_error (default bins) run vectorised; any other callable runs per resample.
+                 seed: int = 0, groups=None) -> tuple[float, float]:
+    """Percentile-bootstrap (1 - alpha) interval of metric(y, p), resampling rows (one per
+    subject) or, with `groups` (a subject id per row), whole subjects with replacement, so that
+    several prediction times of one subject do not pass for independent evidence. Resamples
+    where the metric is NaN (one class) are dropped; when fewer than half remain the interval is
+    (nan, nan). This module's auroc, auprc, brier_score and expected_calibration_error (default
+    bins) run vectorised; any other callable runs per resample.
     """
     _check_boot(n_boot, alpha)
     y, p = check_binary(y_true, y_prob)
-    return _percentiles(_replicates(y, p, metric, n_boot, seed), alpha)
+    return _percentiles(_replicates(y, p, metric, n_boot, seed, _check_groups(groups, len(y))), alpha)
 
 
 def bootstrap_metrics(y_true, y_prob, n_boot: int = 1000, alpha: float = 0.05,
-                      seed: int = 0) -> dict[str, dict[str, float]]:
+                      seed: int = 0, groups=None) -> dict[str, dict[str, float]]:
     """{metric: {"value", "low", "high"}} for auroc, auprc, brier and ece, every metric computed
-    on the same resamples."""
+    on the same resamples (of subjects where `groups` is given, see `bootstrap_ci`)."""
     _check_boot(n_boot, alpha)
     y, p = check_binary(y_true, y_prob)
+    g = _check_groups(groups, len(y))
     out = {}
     for name, fn in (("auroc", auroc), ("auprc", auprc), ("brier", brier_score),
                      ("ece", expected_calibration_error)):
-        low, high = _percentiles(_replicates(y, p, fn, n_boot, seed), alpha)
+        low, high = _percentiles(_replicates(y, p, fn, n_boot, seed, g), alpha)
         out[name] = {"value": fn(y, p), "low": low, "high": high}
     return out
 

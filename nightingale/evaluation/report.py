@@ -92,14 +92,14 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines.append("")
     if (tasks := report.get("tasks")):
         lines += ["## Zero-shot tasks (held-out; 95% bootstrap intervals)", "",
-                  "| task | labels (positive) | predictor | AUROC | AUPRC | Brier | ECE |", "|---|---|---|---|---|---|---|"]
+                  "| task | labels scored (positive) | predictor | AUROC | AUPRC | Brier | Brier skill | ECE |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, t in tasks.items():
-            lab = t["labels"]
             for k in PREDICTORS:
                 m = t.get(k)
-                if m:
-                    lines.append(f"| {name} | {lab['evaluated']} ({lab['positives']}) | {k} | {_ci(m, 'auroc')} | "
-                                 f"{_ci(m, 'auprc')} | {_ci(m, 'brier')} | {_ci(m, 'ece')} |")
+                if m:  # the rows this predictor was scored on (a sample of the labels kept)
+                    lines.append(f"| {name} | {m.get('n')} ({m.get('positives')}) | {k} | {_ci(m, 'auroc')} | "
+                                 f"{_ci(m, 'auprc')} | {_ci(m, 'brier')} | {_ci(m, 'brier_skill')} | {_ci(m, 'ece')} |")
         lines.append("")
         for name, t in tasks.items():
             if t["labels"].get("rule"):  # ACES and label-file tasks say where their labels came from

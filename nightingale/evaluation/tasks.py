@@ -17,6 +17,9 @@ Prediction times
 - ``trigger``: the time of each event matching `trigger_codes`, plus `offset_days`; the subject must
   be alive then and have `min_history_events` events at or before it. With `one_per_subject` one
   of these is drawn per subject.
+- `draws_per_subject` (with `one_per_subject`): that many independent draws per subject (the
+  same time drawn twice counts once), for rare outcomes; bootstrap intervals then resample
+  subjects, not rows.
 
 The draw of one time per subject does not look at the subject's future where the dataset's
 observation end is known (`draw_one_per_subject`): a date D is drawn uniformly between the
@@ -108,6 +111,7 @@ class Task:
     trigger_codes: tuple[str, ...] = ()
     offset_days: float = 0.0
     one_per_subject: bool = True
+    draws_per_subject: int = 1
     new_only: bool = False
     min_history_events: int = 1
     seed: int = 0
@@ -179,7 +183,9 @@ def _check(task: Task) -> None:
     for field in ("one_per_subject", "new_only"):
         if not isinstance(getattr(task, field), bool):
             raise bad(field, f"must be true or false, got {getattr(task, field)!r}")
-    for field, low in (("min_history_events", 1), ("seed", 0)):
+    if task.draws_per_subject != 1 and task.one_per_subject is not True:
+        raise bad("draws_per_subject", "only with one_per_subject (every candidate is kept otherwise)")
+    for field, low in (("min_history_events", 1), ("seed", 0), ("draws_per_subject", 1)):
         v = getattr(task, field)
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise bad(field, f"must be an integer >= {low}, got {v!r}")
@@ -262,35 +268,37 @@ def draw_keys(subject_ids: np.ndarray, times_us: np.ndarray, seed: int) -> np.nd
 
 
 def draw_one_per_subject(rows: pl.DataFrame, seed: int, until: dt.datetime | None = None,
-                         time_col: str = S.PREDICTION_TIME) -> pl.DataFrame:
+                         time_col: str = S.PREDICTION_TIME, draws: int = 1) -> pl.DataFrame:
     """One row per subject, chosen without looking past it (see the module docstring): a date D
     uniform between the subject's first candidate time and the last date the draw may pick, then
     the first candidate at or after D. That last date is `until` (the observation end less the
     horizon, where known) or, without it, the subject's last candidate; where it is before the
     first candidate, D is the first candidate. A subject with no candidate in [D, until] gives no
-    row. The built-in tasks and ACES tasks draw alike."""
+    row. With `draws` > 1, that many independent dates per subject (a time drawn twice is kept
+    once). The built-in tasks and ACES tasks draw alike."""
     if rows.is_empty():
         return rows
     t = pl.col(time_col).cast(pl.Datetime("us")).cast(pl.Int64)
     hi = t if until is None else pl.lit(int((until - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1)))
     per = rows.group_by(S.SUBJECT_ID).agg(t.min().alias("_lo"), hi.max().alias("_hi")).sort(S.SUBJECT_ID)
-    sid = per[S.SUBJECT_ID].to_numpy()
-    u = draw_keys(sid, np.zeros(len(sid), np.int64), seed).astype(np.float64) / 2.0**64
-    lo, end = per["_lo"].to_numpy(), per["_hi"].to_numpy()
-    dates = per.select(S.SUBJECT_ID).with_columns(
-        pl.Series("_d", lo + (u * np.maximum(end - lo, 0)).astype(np.int64)),
-        pl.Series("_end", np.maximum(end, lo)))
+    sid = np.tile(per[S.SUBJECT_ID].to_numpy(), draws)
+    draw = np.repeat(np.arange(draws, dtype=np.int64), len(per))
+    u = draw_keys(sid, draw, seed).astype(np.float64) / 2.0**64  # draw 0: the single draw's date
+    lo, end = np.tile(per["_lo"].to_numpy(), draws), np.tile(per["_hi"].to_numpy(), draws)
+    dates = pl.DataFrame({S.SUBJECT_ID: pl.Series(sid, dtype=rows.schema[S.SUBJECT_ID]), "_draw": draw,
+                          "_d": lo + (u * np.maximum(end - lo, 0)).astype(np.int64), "_end": np.maximum(end, lo)})
     return (rows.join(dates, on=S.SUBJECT_ID)
             .filter((t >= pl.col("_d")) & (t <= pl.col("_end")))
-            .sort(S.SUBJECT_ID, time_col).unique(S.SUBJECT_ID, keep="first", maintain_order=True)
-            .drop("_d", "_end"))
+            .sort(S.SUBJECT_ID, "_draw", time_col).unique([S.SUBJECT_ID, "_draw"], keep="first", maintain_order=True)
+            .drop("_draw", "_d", "_end").unique([S.SUBJECT_ID, time_col], maintain_order=True)
+            .sort(S.SUBJECT_ID, time_col))
 
 
-def draw_rule(end_known: bool) -> str:
+def draw_rule(end_known: bool, draws: int = 1) -> str:
     """How `draw_one_per_subject` chose, in words for label reports."""
-    return ("one per subject: the first candidate at or after a uniform date up to the observation end "
+    return f"{draws} draw(s) " + ("per subject: the first candidate at or after a uniform date up to the observation end "
             "less the horizon (looks at no later event)" if end_known else
-            "one per subject: the first candidate at or after a uniform date up to the subject's last "
+            "per subject: the first candidate at or after a uniform date up to the subject's last "
             "candidate (the observation end is unknown)")
 
 
@@ -356,7 +364,7 @@ def _candidates(task: Task, timed: pl.LazyFrame, subjects: pl.LazyFrame, until: 
     )
     if task.one_per_subject:
         rows = cands.select(S.SUBJECT_ID, S.PREDICTION_TIME).unique()
-        cands = draw_one_per_subject(rows.collect(), task.seed, until).lazy()
+        cands = draw_one_per_subject(rows.collect(), task.seed, until, draws=task.draws_per_subject).lazy()
     else:
         cands = cands.select(S.SUBJECT_ID, S.PREDICTION_TIME).unique()
     return cands.join(subjects, on=S.SUBJECT_ID)
@@ -440,7 +448,7 @@ def build_labels(
         positives=int(labels[S.BOOLEAN_VALUE].sum()),
         **({"censoring": f"on the dataset's observation end {observation_end.isoformat()} (dataset.json)"}
            if observation_end is not None else {}),
-        **({"draw": draw_rule(observation_end is not None)} if task.one_per_subject else {}),
+        **({"draw": draw_rule(observation_end is not None, task.draws_per_subject)} if task.one_per_subject else {}),
     )
     log.info(
         "task %s: %d candidates, %d excluded (new_only), %d censored, %d kept, %d positive",

@@ -52,7 +52,9 @@ def test_shipped_aces_tasks_load_with_derived_outcomes_and_horizons():
     assert set(sim) == set(builtin)
     for name, task in sim.items():  # the same question as the built-in task asks the model
         assert (task.outcome_codes, task.horizon_days) == (builtin[name].outcome_codes, builtin[name].horizon_days)
-        assert task.one_per_subject and "derived from the ACES label window" in task.forecast_note
+        assert task.one_per_subject == builtin[name].one_per_subject
+        assert task.draws_per_subject == builtin[name].draws_per_subject
+        assert "derived from the ACES label window" in task.forecast_note
     mimic = load_tasks(ACES_DIR / "mimic")
     assert mimic["icu_mortality_30d"].horizon_days == 30.0  # window starts 24 h after the trigger
     assert mimic["readmission_30d"].outcome_codes == ("HOSPITAL_ADMISSION//*",)  # ^PREFIX regex
@@ -82,14 +84,16 @@ def test_aces_and_builtin_agree_on_shared_rows_and_differ_only_by_censoring(sim,
 def test_one_per_subject_draws_like_the_builtin_task(sim, tmp_path):
     """Mortality: every built-in row (one drawn per subject) is among ACES's rows with its label;
     drawn from ACES's rows, the same seeded key picks the same time wherever the candidates agree."""
-    builtin = load_tasks(BUILTIN_DIR / "simulator")["mortality_1y"]
-    every = _aces_variant(tmp_path, ACES_DIR / "simulator" / "mortality_1y.yaml", one_per_subject=False)
+    builtin = dataclasses.replace(load_tasks(BUILTIN_DIR / "simulator")["mortality_1y"], draws_per_subject=1)
+    every = _aces_variant(tmp_path, ACES_DIR / "simulator" / "mortality_1y.yaml", one_per_subject=False,
+                          draws_per_subject=1)
     ours = label_dataset(builtin, sim, S.HELD_OUT)
     theirs = label_dataset(every, sim, S.HELD_OUT)
     both = ours.join(theirs, on=KEY, suffix="_aces")
     assert both.height == ours.height > 20
     assert (both[S.BOOLEAN_VALUE] == both[f"{S.BOOLEAN_VALUE}_aces"]).all()
-    drawn = label_dataset(load_task(ACES_DIR / "simulator" / "mortality_1y.yaml"), sim, S.HELD_OUT)
+    drawn = label_dataset(_aces_variant(tmp_path, ACES_DIR / "simulator" / "mortality_1y.yaml", draws_per_subject=1),
+                          sim, S.HELD_OUT)
     # At most one row per subject (none where the drawn date falls after the subject's last
     # candidate), and where the candidates agree the same seeded date picks the same time.
     assert drawn[S.SUBJECT_ID].is_unique().all() and 0.5 * theirs[S.SUBJECT_ID].n_unique() < drawn.height
@@ -168,7 +172,8 @@ def test_bad_label_files_name_the_file_and_field(sim, tmp_path, change, needle):
 
 
 def test_label_file_with_training_subjects_is_refused(sim, tmp_path):
-    train = label_dataset(load_tasks(BUILTIN_DIR / "simulator")["mortality_1y"], sim, S.TRAIN).head(3)
+    train = label_dataset(load_tasks(BUILTIN_DIR / "simulator")["mortality_1y"], sim, S.TRAIN).unique(
+        S.SUBJECT_ID, keep="first", maintain_order=True).head(3)
     held = label_dataset(load_tasks(BUILTIN_DIR / "simulator")["mortality_1y"], sim, S.HELD_OUT).head(3)
     path = tmp_path / "mixed.parquet"
     pl.concat([held, train]).write_parquet(path)

@@ -311,3 +311,21 @@ def test_no_interval_on_too_few_events():
     many = np.r_[np.ones(40), np.zeros(300)].astype(np.int64)
     out = score(many, rng.random(many.size), n_boot=50, seed=0, interval_min_class=30)
     assert "auroc_ci" in out and "interval_note" not in out
+
+
+def test_bootstrap_over_subjects_does_not_count_repeated_rows_as_evidence():
+    """Each subject's row three times over: resampling subjects gives the interval of the rows
+    taken once; resampling rows would shrink it as if there were three times the subjects."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(0.3 * y + rng.random(300) * 0.7, 0, 1)
+    once = M.bootstrap_metrics(y, p, n_boot=300, seed=1)
+    y3, p3, g3 = np.tile(y, 3), np.tile(p, 3), np.tile(np.arange(300), 3)
+    grouped = M.bootstrap_metrics(y3, p3, n_boot=300, seed=1, groups=g3)
+    rows = M.bootstrap_metrics(y3, p3, n_boot=300, seed=1)
+    for name in ("auroc", "brier"):
+        assert grouped[name]["low"] == pytest.approx(once[name]["low"])
+        assert grouped[name]["high"] == pytest.approx(once[name]["high"])
+        assert rows[name]["high"] - rows[name]["low"] < 0.75 * (once[name]["high"] - once[name]["low"])
+    with pytest.raises(ValueError, match="groups"):
+        M.bootstrap_ci(y, p, M.auroc, groups=np.arange(5))

@@ -468,3 +468,19 @@ def test_eunomia_tasks_build_labels(eunomia_omop, tmp_path):
     assert reports["mortality_1y"].positives == 0  # GiBleed has no death table
     bleed = reports["gi_bleed_90d_after_nsaid"]
     assert bleed.kept > 1000 and 0.05 < bleed.prevalence < 0.5, bleed
+
+
+def test_several_draws_per_subject_extend_the_single_draw():
+    rng = np.random.default_rng(3)
+    events = frame(*[(s, float(d), "GP") for s in range(1, 30) for d in rng.uniform(0, 3000, 15)])
+    end = at(3400)
+    one = build_labels(MORTALITY, events, observation_end=end)
+    four, rep = build_labels(dataclasses.replace(MORTALITY, draws_per_subject=4), events, observation_end=end,
+                             return_report=True)
+    per = four.group_by(S.SUBJECT_ID).len()["len"]
+    assert per.max() <= 4 and four.height > 2 * one.height and rep.draw.startswith("4 draw(s)")
+    assert one.join(four, on=[S.SUBJECT_ID, S.PREDICTION_TIME], how="anti").is_empty()  # draw 0 is the single draw
+    assert four.equals(build_labels(dataclasses.replace(MORTALITY, draws_per_subject=4), events, observation_end=end))
+    with pytest.raises(ValueError, match="draws_per_subject"):
+        Task(name="x", outcome_codes=("A",), horizon_days=1, prediction_time="trigger", trigger_codes=("B",),
+             one_per_subject=False, draws_per_subject=2)
