@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 NG := $(BIN)/nightingale
 RUN_DIR ?= runs/demo
-DEMO_SUBJECTS ?= 4000
+DEMO_SUBJECTS ?= 10000
 DEMO_PORT ?= 8765
 DEMO_KEY ?= demo-key-change-me
 # Exact versions installed (pyproject.toml keeps ranges); `make lock` regenerates it on purpose.
