@@ -27,9 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 PREDICTORS = ("model", "baseline", "oracle")
 
 
-def run(cmd: list[str], env: dict | None = None) -> float:
+def run(cmd: list[str], env: dict | None = None, ok: tuple[int, ...] = (0,)) -> float:
+    """Seconds a stage took; a return code outside `ok` stops the benchmark."""
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    rc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})}).returncode
+    if rc not in ok:
+        raise SystemExit(f"{cmd[1]} exited with {rc}")
     return time.perf_counter() - t0
 
 
@@ -102,7 +105,8 @@ def main() -> int:
     if not report_path.exists():
         times["evaluate_s"] = run([py, "eval/evaluate.py", f"model_dir={model_dir}", f"data_dir={work / 'prepared'}",
                                    "synthetic.enabled=false", "progress=false", f"zeroshot.rollouts={args.rollouts}",
-                                   f"task_scoring.max_labels={args.max_labels}", f"hydra.run.dir={work / 'hydra'}"])
+                                   f"task_scoring.max_labels={args.max_labels}", f"hydra.run.dir={work / 'hydra'}"],
+                                  ok=(0, 1))  # 1: the gate failed; the report is written either way
     report = json.loads(report_path.read_text())
     card = json.loads((model_dir / "model_card.json").read_text()) if (model_dir / "model_card.json").exists() else {}
     print(f"# Forecast quality: {args.subjects:,} simulated subjects, preset {args.model}, {args.steps:,} steps")
