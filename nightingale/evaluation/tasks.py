@@ -279,7 +279,7 @@ def draw_one_per_subject(rows: pl.DataFrame, seed: int, until: dt.datetime | Non
     if rows.is_empty():
         return rows
     t = pl.col(time_col).cast(pl.Datetime("us")).cast(pl.Int64)
-    hi = t if until is None else pl.lit(int((until - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1)))
+    hi = t if until is None else pl.lit(until).cast(pl.Datetime("us")).cast(pl.Int64)
     per = rows.group_by(S.SUBJECT_ID).agg(t.min().alias("_lo"), hi.max().alias("_hi")).sort(S.SUBJECT_ID)
     sid = np.tile(per[S.SUBJECT_ID].to_numpy(), draws)
     draw = np.repeat(np.arange(draws, dtype=np.int64), len(per))
@@ -296,10 +296,9 @@ def draw_one_per_subject(rows: pl.DataFrame, seed: int, until: dt.datetime | Non
 
 def draw_rule(end_known: bool, draws: int = 1) -> str:
     """How `draw_one_per_subject` chose, in words for label reports."""
-    return f"{draws} draw(s) " + ("per subject: the first candidate at or after a uniform date up to the observation end "
-            "less the horizon (looks at no later event)" if end_known else
-            "per subject: the first candidate at or after a uniform date up to the subject's last "
-            "candidate (the observation end is unknown)")
+    bound = ("the observation end less the horizon (looks at no later event)" if end_known
+             else "the subject's last candidate (the observation end is unknown)")
+    return f"{draws} draw(s) per subject: the first candidate at or after a uniform date up to {bound}"
 
 
 def draw_end(horizon_days: float, observation_end: dt.datetime | None) -> dt.datetime | None:

@@ -25,7 +25,13 @@ import polars as pl
 from nightingale import schema as S
 from nightingale.evaluation.metrics import auroc
 from nightingale.inference.engine import Engine
-from nightingale.inference.forecast import ESTIMATORS, ForecastConfig, forecast, outcome_token_ids
+from nightingale.inference.forecast import (
+    ESTIMATORS,
+    ForecastConfig,
+    forecast,
+    mean_risk,
+    outcome_token_ids,
+)
 from nightingale.inference.prompts import corpus_prompt
 
 log = logging.getLogger(__name__)
@@ -73,8 +79,8 @@ class TaskRollouts:
 
     @property
     def probability(self) -> np.ndarray:
-        v = self.values[self.estimator]  # clipped as Forecast.risk (the API's estimate) clips
-        return np.clip(v.mean(axis=1), 0.0, 1.0) if v.size else np.zeros(len(self.labels))
+        v = self.values[self.estimator]
+        return mean_risk(v) if v.size else np.zeros(len(self.labels))
 
 
 async def task_rollouts(engine: Engine, corpus, tasks: Mapping[str, tuple[Sequence[str], float]],
@@ -144,4 +150,4 @@ async def task_rollouts(engine: Engine, corpus, tasks: Mapping[str, tuple[Sequen
 def auroc_by_rollouts(y_true: np.ndarray, values: np.ndarray, counts: Sequence[int]) -> dict[int, float]:
     """AUROC of the probability estimated from the first m rollouts' values, for each m in
     `counts` (<= the rollouts sampled): how many rollouts a stable AUROC needs."""
-    return {int(m): auroc(y_true, np.clip(values[:, :m].mean(axis=1), 0.0, 1.0)) for m in counts if 0 < m <= values.shape[1]}
+    return {int(m): auroc(y_true, mean_risk(values[:, :m])) for m in counts if 0 < m <= values.shape[1]}

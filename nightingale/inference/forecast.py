@@ -56,6 +56,13 @@ class UnknownOutcomeCodes(ValueError):
         self.outcome, self.index, self.codes = outcome, index, codes
 
 
+def mean_risk(values: np.ndarray) -> np.ndarray:
+    """The estimate from per-rollout values (last axis): their mean, clipped to [0, 1]. A
+    rollout's sum of per-step probabilities can pass 1 where the outcome is likely at many steps
+    and sampled at none, so the mean can too at few rollouts."""
+    return np.clip(np.asarray(values, dtype=np.float64).mean(axis=-1), 0.0, 1.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class ForecastConfig:
     """estimator: probability | count (see the module docstring); rollouts: per prompt;
@@ -145,10 +152,8 @@ class Forecast:
         return self.probability if (estimator or self.estimator) == PROBABILITY else self.count
 
     def risk(self, estimator: str | None = None) -> np.ndarray:
-        """Estimated probabilities [prompts, outcomes, horizons]: the mean over rollouts, clipped
-        to [0, 1] (a rollout's sum of per-step probabilities can pass 1 where the outcome is
-        likely at many steps and sampled at none; the mean only does so at few rollouts)."""
-        return np.clip(self.values(estimator).mean(axis=-1), 0.0, 1.0)
+        """Estimated probabilities [prompts, outcomes, horizons] (`mean_risk` over rollouts)."""
+        return mean_risk(self.values(estimator))
 
     def estimate(self, i: int, a: int, b: int) -> RiskEstimate:
         """Prompt i, outcome a, horizon b with its 95% Monte-Carlo interval."""
@@ -159,7 +164,7 @@ class Forecast:
             k = int(v.sum())
             lo, hi = wilson_interval(k, n)
             return RiskEstimate(k / n, lo, hi, n, trunc, COUNT, variance=(k / n) * (1 - k / n) / n)
-        p = float(min(max(v.mean(), 0.0), 1.0))
+        p = float(mean_risk(v))
         lo, hi = t_interval(v)
         var = float(v.var(ddof=1) / n) if n > 1 else p * (1 - p)
         return RiskEstimate(p, lo, hi, n, trunc, PROBABILITY, variance=var)
