@@ -14,6 +14,8 @@ of the batch (or of the subjects an event touches).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from nightingale.data.simulator import codes as C
@@ -119,18 +121,49 @@ def measure(st: CohortState, rng, sink: EventSink, idx, day, age, *, bp=None, bm
     return out
 
 
+class StepOutcomes(NamedTuple):
+    """What one step did to each subject of the batch (float64 days from the window start, NaN if
+    none; reason: index into `model.ADMISSION_REASONS`, -1 if none): the oracle's outcomes and
+    the facts it conditions on. The first three are indexed by the oracle's outcome columns."""
+
+    death: np.ndarray
+    admission: np.ndarray
+    diabetes: np.ndarray
+    reason: np.ndarray
+    discharge: np.ndarray  # NaN also for an admission that ends in death
+
+    def take(self, idx: np.ndarray) -> StepOutcomes:
+        return StepOutcomes(*(a[idx] for a in self))
+
+
+class Given(NamedTuple):
+    """Facts of the current step already on the record at a prediction time, per subject (the
+    oracle's conditioning; NaN / -1 where the record shows none): an emergency admission (day,
+    reason index, discharge day if discharged by then) and a new type 2 diabetes diagnosis (day).
+    `step` makes these happen as recorded instead of drawing them; everything else is drawn."""
+
+    admission: np.ndarray
+    reason: np.ndarray
+    discharge: np.ndarray
+    diabetes: np.ndarray
+
+    def take(self, idx: np.ndarray) -> Given:
+        return Given(*(a[idx] for a in self))
+
+
 def _pick(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
     cw = np.cumsum(weights, axis=1)
     return np.minimum((u[:, None] * cw[:, -1:] > cw).sum(axis=1), weights.shape[1] - 1)
 
 
 def step(st: CohortState, k: int, rng: np.random.Generator, sink: EventSink, start_year: float,
-         end_day: float | None = None):
+         end_day: float | None = None, given: Given | None = None) -> StepOutcomes:
     """Advance the batch through step `k` ([k, k+1) * STEP_DAYS days from the window start).
 
     `end_day` clips the last step at the window end (None: no clipping, as the oracle's future).
-    Returns three float64 arrays (n,), the day of a death, an emergency admission and a new type 2
-    diabetes diagnosis in this step (NaN if none): the oracle's outcomes.
+    `given`: facts of this step to reproduce rather than draw (the oracle's replicates of a
+    prediction time inside the step); the random numbers drawn are the same either way.
+    Returns the step's `StepOutcomes`.
     """
     n = st.n
     t0 = k * STEP_DAYS
@@ -173,9 +206,12 @@ def step(st: CohortState, k: int, rng: np.random.Generator, sink: EventSink, sta
 
     # New diagnoses (one time per subject per step), their first values and treatment.
     onset = (U[2:9].T < M.prob(M.onset_hazards(st, age), dt[:, None])) & act[:, None]
+    known_dm = np.zeros(n, bool) if given is None else ~np.isnan(given.diabetes)
+    onset[:, M.DM] = np.where(known_dm, act, onset[:, M.DM])
     dm_day = nan
     if onset.any():
         day_of = np.where(onset.any(axis=1), t0 + lo + U[9] * width, np.nan)
+        day_of = np.where(known_dm, np.nan if given is None else given.diabetes, day_of)
         for c in range(M.N_BINARY_CONDITIONS):
             i = np.flatnonzero(onset[:, c])
             st.cond[i, c] = True
@@ -233,7 +269,9 @@ def step(st: CohortState, k: int, rng: np.random.Generator, sink: EventSink, sta
 
     # Emergency admissions, in-hospital labs, discharge (or death in hospital).
     adm = act & (U[14] < M.prob(M.admission_hazard(st, age, since_adm), dt))
-    adm_day = nan
+    known = np.zeros(n, bool) if given is None else ~np.isnan(given.admission)
+    adm = np.where(known, act, adm)
+    adm_day, adm_reason, dis_day = nan, np.full(n, -1, np.int64), nan
     ai = np.flatnonzero(adm)
     if ai.size:
         sub = st.take(ai)
@@ -243,9 +281,17 @@ def step(st: CohortState, k: int, rng: np.random.Generator, sink: EventSink, sta
         los = np.minimum(los, 0.95 * width[ai])
         aoff = lo[ai] + np.where(died, 0.9 * U[15, ai] * width[ai], U[15, ai] * (width[ai] - los))
         aday = t0 + aoff
-        end = np.where(died, t0 + hi[ai], aday + los)
+        if given is not None and (kn := known[ai]).any():  # as recorded (a discharge not yet: drawn)
+            g = given.take(ai)
+            reason = np.where(kn, g.reason, reason)
+            aday = np.where(kn, g.admission, aday)
+            los = np.where(kn & ~np.isnan(g.discharge), g.discharge - aday, los)
+        end = np.where(died, np.maximum(t0 + hi[ai], aday), aday + los)
         adm_day = np.full(n, np.nan)
         adm_day[ai] = aday
+        adm_reason[ai] = reason
+        dis_day = np.full(n, np.nan)
+        dis_day[ai] = np.where(died, np.nan, end)
         sink.add(ai, aday, ADMISSION)
         sink.add(ai, aday, REASON_CODES[reason])
         lab = aday + 0.1 * (end - aday)
@@ -287,7 +333,7 @@ def step(st: CohortState, k: int, rng: np.random.Generator, sink: EventSink, sta
     st.alive[d] = False
     st.death_day[d] = death_day[d]
     advance_latents(st, age, st.due >= 0, z_latent, np.where(dies, 0.0, dt).astype(f32))
-    return death_day, adm_day, dm_day
+    return StepOutcomes(death_day, adm_day, dm_day, adm_reason, dis_day)
 
 
 def shard_rng(cfg: SimulatorConfig, shard: int) -> np.random.Generator:
@@ -300,22 +346,31 @@ def start_year(cfg: SimulatorConfig) -> float:
     return cfg.start_date.year + (cfg.start_date.timetuple().tm_yday - 1) / 365.25
 
 
+class Snapshot(NamedTuple):
+    """Subjects' state at the start of a step, and what that step then did to them."""
+
+    state: CohortState
+    outcomes: StepOutcomes
+
+
 def run_shard(cfg: SimulatorConfig, shard: int, *, emit: bool = True,
               snapshots: dict[int, np.ndarray] | None = None, until: int | None = None):
     """Simulate batch `shard` from its seed.
 
     Returns the final state, the event sink (empty if `emit` is False) and, for each step `k` in
-    `snapshots`, a copy of the state of subjects `snapshots[k]` (local indices) taken at the start
-    of step k, i.e. after every event before day k * STEP_DAYS. `until` stops after that many steps.
+    `snapshots`, a `Snapshot` of subjects `snapshots[k]` (local indices): their state at the start
+    of step k (after every event before day k * STEP_DAYS) and the step's outcomes for them.
+    `until` stops after that many steps.
     """
     rng = shard_rng(cfg, shard)
     st = init_state(cfg, shard, rng)
     sink = EventSink(emit)
-    taken: dict[int, CohortState] = {}
+    taken: dict[int, Snapshot] = {}
     sy = start_year(cfg)
     last = cfg.n_steps if until is None else min(until, cfg.n_steps)
     for k in range(last):
-        if snapshots and k in snapshots:
-            taken[k] = st.take(snapshots[k])
-        step(st, k, rng, sink, sy, cfg.window_days)
+        before = st.take(snapshots[k]) if snapshots and k in snapshots else None
+        out = step(st, k, rng, sink, sy, cfg.window_days)
+        if before is not None:
+            taken[k] = Snapshot(before, out.take(snapshots[k]))
     return st, sink, taken

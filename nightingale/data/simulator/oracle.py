@@ -8,17 +8,24 @@ re-simulation, not by a formula:
    events; the engine draws random numbers identically whether or not it collects events, so this
    reproduces exactly the histories written to the dataset.
 2. The full latent state (physiology, conditions, drugs, admission history) is copied at the start
-   of the step that contains `t` (steps are 30.4375 days; see `step_start_time`).
+   of the step that contains `t` (steps are 30.4375 days; see `step_start_time`), together with
+   what that step put on the record up to `t`.
 3. That state is replicated `n_samples` times and each copy is simulated forward with an independent
    RNG, past the window end if the horizon needs it. The risk is the share of copies in which the
-   outcome occurs in `(t, t + horizon]`, among copies in which the subject is alive at `t`.
+   outcome occurs in `(t, t + horizon]`, among the copies that agree with the record up to `t`.
 
-Approximation: the state is the one at the step boundary at or before `t`. When `t` is exactly a
-step boundary (use `step_start_time`) the answer is exact up to Monte-Carlo error (binomial, s.e.
-sqrt(p(1-p)/n_samples)). When `t` falls inside a step, events of that step before `t` are
-re-simulated rather than taken from the record (only survival to `t` is conditioned on), so risks
-are slightly blurred. Subject ids are the simulator's own (raw) ids, `batch * shard_size + i + 1`:
-a pseudonymised dataset's ids cannot be mapped back without the key, by design.
+The process decides a step's events at the step's start, so a `t` inside a step needs the step's
+events before `t`: an emergency admission (with its reason, and its discharge when that came
+before `t`) and a new type 2 diabetes diagnosis recorded in the step up to `t` are made to happen
+in every copy as recorded (`engine.Given`); a copy is discarded when it dies at or before `t`, has
+an admission or diagnosis at or before `t` that the record does not, or dies in the step after a
+discharge the record shows (a discharged patient survived the step). The outcomes' own history is
+thus exact; what remains drawn afresh in the step before `t` is routine care (consultations,
+measurements, prescriptions), which moves the latent state only through treatment and CKD staging.
+At a step boundary (`step_start_time`) the answer is exact up to Monte-Carlo error (binomial,
+s.e. sqrt(p(1-p)/n_samples)). Subject ids are the simulator's own (raw) ids,
+`batch * shard_size + i + 1`: a pseudonymised dataset's ids cannot be mapped back without the key,
+by design.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import polars as pl
 
 from nightingale import schema as S
 from nightingale.data.simulator.config import STEP_DAYS, SimulatorConfig
-from nightingale.data.simulator.engine import EventSink, run_shard, start_year, step
+from nightingale.data.simulator.engine import EventSink, Given, StepOutcomes, run_shard, start_year, step
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +92,12 @@ def load_config(source: str | Path | SimulatorConfig) -> SimulatorConfig:
 
 
 def _days(cfg: SimulatorConfig, times) -> np.ndarray:
+    """Days from the window start to the *end* of each time's second: the dataset writes whole
+    seconds, so an event the engine placed within that second is on the record at that time."""
     t = np.asarray(times, dtype="datetime64[us]").astype(np.int64)
     start = np.datetime64(cfg.start_date, "us").astype(np.int64)
-    return (t - start) / 86_400e6
+    second = (t - start) // 1_000_000
+    return (second + 0.5) / 86_400.0
 
 
 def step_start_time(cfg: SimulatorConfig, k: int | np.ndarray) -> np.ndarray:
@@ -135,37 +145,57 @@ def oracle_risk(source: str | Path | SimulatorConfig, subject_ids: Sequence[int]
         for k, locs in snaps.items():
             rk = req[k_of[req] == k]
             pos = np.searchsorted(locs, local_of[rk])
-            snap = taken[k]
+            snap, done = taken[k]
             # Under observation at t: registered by t, and not dead at or before t.
             dd = final.death_day[local_of[rk]]
             ok = (snap.reg_day[pos] <= t[rk]) & snap.alive[pos] & ~(dd <= t[rk])
             rk, pos = rk[ok], pos[ok]
             if not rk.size:
                 continue
+            given = recorded_by(done.take(pos), t[rk])
             per_chunk = max(1, max_replicates // n_samples)
             for c0 in range(0, rk.size, per_chunk):
                 r, p = rk[c0:c0 + per_chunk], pos[c0:c0 + per_chunk]
                 rng = np.random.default_rng(np.random.SeedSequence([seed, cfg.seed, int(shard), k, c0, 0x0AC1E]))
+                g = given.take(np.repeat(np.arange(c0, c0 + len(r)), n_samples))
                 risk[r] = _forward(snap.take(np.repeat(p, n_samples)), k, t[r], horizon, col,
-                                   n_samples, rng, sy)
+                                   n_samples, rng, sy, g)
     return risk
 
 
-def _forward(st, k0: int, t: np.ndarray, horizon: float, col: int, n_samples: int, rng, sy) -> np.ndarray:
-    """Simulate replicated states from step k0 until every horizon has passed; share with outcome."""
+def recorded_by(done: StepOutcomes, t: np.ndarray) -> Given:
+    """The facts of a step on the record at times `t` (one per subject of `done`)."""
+    adm = done.admission <= t
+    return Given(
+        admission=np.where(adm, done.admission, np.nan),
+        reason=np.where(adm, done.reason, -1),
+        discharge=np.where(adm & (done.discharge <= t), done.discharge, np.nan),
+        diabetes=np.where(done.diabetes <= t, done.diabetes, np.nan),
+    )
+
+
+def _forward(st, k0: int, t: np.ndarray, horizon: float, col: int, n_samples: int, rng, sy,
+             given: Given) -> np.ndarray:
+    """Simulate replicated states from step k0 (making `given` happen in it) until every horizon
+    has passed; the share with the outcome among copies that agree with the record up to t."""
     t_rep = np.repeat(t, n_samples)
     hit = np.zeros(st.n, bool)
-    dead_before = np.zeros(st.n, bool)
     sink = EventSink(enabled=False)
     last = int(np.floor((t.max() + horizon) / STEP_DAYS))
-    for k in range(k0, last + 1):
-        days = step(st, k, rng, sink, sy, None)
-        dead_before |= days[0] <= t_rep
-        d = days[col]
-        hit |= (d > t_rep) & (d <= t_rep + horizon)
+    first = step(st, k0, rng, sink, sy, None, given)
+    disagree = (
+        (first.death <= t_rep)
+        | ((first.admission <= t_rep) & np.isnan(given.admission))
+        | ((first.diabetes <= t_rep) & np.isnan(given.diabetes))
+        | (~np.isnan(given.discharge) & ~np.isnan(first.death))
+    )
+    hit |= (first[col] > t_rep) & (first[col] <= t_rep + horizon)
+    for k in range(k0 + 1, last + 1):
         if not st.alive.any():
             break
-    valid = ~dead_before
+        d = step(st, k, rng, sink, sy, None)[col]
+        hit |= (d > t_rep) & (d <= t_rep + horizon)
+    valid = ~disagree
     hits = (hit & valid).reshape(-1, n_samples).sum(axis=1)
     n_valid = valid.reshape(-1, n_samples).sum(axis=1)
     return np.where(n_valid > 0, hits / np.maximum(n_valid, 1), np.nan)
