@@ -41,7 +41,14 @@ import polars as pl
 
 from nightingale import schema as S
 from nightingale.data.simulator.config import STEP_DAYS, SimulatorConfig
-from nightingale.data.simulator.engine import EventSink, Given, StepOutcomes, run_shard, start_year, step
+from nightingale.data.simulator.engine import (
+    EventSink,
+    Given,
+    StepOutcomes,
+    run_shard,
+    start_year,
+    step,
+)
 
 log = logging.getLogger(__name__)
 
