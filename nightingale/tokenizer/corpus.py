@@ -242,6 +242,13 @@ class WindowSampler:
             raise ValueError(f"WindowSampler state: seed {state['seed']} != sampler seed {self.seed}")
         self.epoch, self.position, self._perm = int(state["epoch"]), int(state["position"]), None
 
+    def unread(self) -> None:
+        """Put back the window `next()` returned last: the following `next()` returns it again
+        (a packer that finds it does not fit its row leaves it for the next row)."""
+        if self.position < 1:
+            raise RuntimeError("WindowSampler.unread: no window read since the last state load")
+        self.position -= 1
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while len(self):
             yield self.next()

@@ -21,8 +21,10 @@ class TrainConfig:
     data_dir: the preparation stage's out_dir (holds vocab/ and corpus/{train,tuning,held_out}/).
     run_dir: checkpoints/, metrics.jsonl, config.yaml, wandb/; a rerun resumes from it.
     export_dir: the model folder written at the end (None: <run_dir>/model).
-    micro_batch_size: windows per rank per forward; grad_accum: micro-batches per step, so a step
-        sees micro_batch_size * grad_accum * world_size windows.
+    micro_batch_size: rows per rank per forward; grad_accum: micro-batches per step, so a step
+        computes micro_batch_size * grad_accum * world_size rows of context_length positions.
+    pack: a row holds as many whole windows as fit, each attending only to itself
+        (training/data.py StepBatches), rather than one right-padded window.
     lr, min_lr, warmup_steps: linear warm-up to lr, then cosine decay to min_lr at max_steps.
     eval_every / eval_windows: tuning-split loss every N steps over a fixed set of windows.
     checkpoint_every / keep_checkpoints: periodic checkpoints, the latest k kept.
@@ -39,6 +41,7 @@ class TrainConfig:
     max_steps: int = 100
     micro_batch_size: int = 8
     grad_accum: int = 1
+    pack: bool = True
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_steps: int = 10
@@ -82,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"train.betas: two numbers in [0, 1), got {self.betas!r}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("train.weight_decay / train.grad_clip: must be >= 0 (grad_clip 0 = off)")
+        if not isinstance(self.pack, bool):
+            raise ValueError(f"train.pack: true or false, got {self.pack!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision: {self.precision!r}; allowed {PRECISIONS}")
         if self.zero_stage not in ZERO_STAGES:

@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,28 +81,70 @@ def check_corpus_ids(corpus: TokenCorpus, vocab_size: int, split: str) -> None:
         )
 
 
-def to_batch(windows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-    """input_ids and labels (padding -> IGNORE_INDEX) of [batch, context_length] windows. Windows
-    are right-padded and attention is causal, so real tokens never attend to padding."""
+def to_batch(windows: np.ndarray, device: torch.device, positions: np.ndarray | None = None) -> dict[str, Any]:
+    """input_ids and labels (padding -> IGNORE_INDEX) of [batch, context_length] rows. Rows are
+    right-padded and attention is causal, so real tokens never attend to padding.
+
+    positions: packed rows' position ids (`StepBatches`), restarting at 0 where each window
+    starts; transformers then attends within each window only (a block-diagonal causal mask),
+    and a window's first token is no target (nothing before it in the row is its record). It
+    does so only without a KV cache, so packed batches turn the cache off."""
     ids = torch.as_tensor(np.asarray(windows, dtype=np.int64))
     labels = ids.masked_fill(ids == F.PAD_ID, IGNORE_INDEX)
-    return {"input_ids": ids.to(device), "labels": labels.to(device)}
+    batch = {"input_ids": ids.to(device)}
+    if positions is not None:
+        pos = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+        labels = labels.masked_fill(pos == 0, IGNORE_INDEX)
+        batch["position_ids"] = pos.to(device)
+        batch["use_cache"] = False
+    batch["labels"] = labels.to(device)
+    return batch
 
 
 class StepBatches:
-    """Windows of one optimizer step for one rank: `grad_accum` micro-batches of `micro` windows."""
+    """Rows of one optimizer step for one rank: `grad_accum` micro-batches of `micro` rows, each
+    a (ids, position ids) pair of [micro, context_length] arrays.
 
-    def __init__(self, sampler: WindowSampler, micro: int, grad_accum: int, rank: int, world: int):
+    Without `pack` a row is one window, right-padded. With `pack` a row holds as many whole
+    windows as fit, back to back, each with positions from 0 (see `to_batch`): a record shorter
+    than the context then costs its own length rather than a full context of padding, so a step
+    of the same compute sees more tokens. A window that does not fit goes back to the sampler
+    (`WindowSampler.unread`) and starts the next row, so the sampler's state alone still makes
+    a resume exact, and an epoch still sees every token once."""
+
+    def __init__(self, sampler: WindowSampler, micro: int, grad_accum: int, rank: int, world: int,
+                 pack: bool = False):
         self.sampler, self.micro, self.accum, self.rank, self.world = sampler, micro, grad_accum, rank, world
+        self.pack = pack
 
-    def next(self) -> tuple[list[np.ndarray], int]:
+    def _row(self) -> tuple[np.ndarray, np.ndarray]:
+        ctx = self.sampler.context_length
+        ids, pos, used = np.full(ctx, F.PAD_ID, np.int64), np.zeros(ctx, np.int64), 0
+        while used < ctx:
+            w = self.sampler.next()["input_ids"]
+            n = int(np.count_nonzero(w != F.PAD_ID))  # a window is its tokens, then padding
+            if used and used + n > ctx:
+                self.sampler.unread()
+                break
+            ids[used : used + n], pos[used : used + n] = w[:n], np.arange(n)
+            used += n
+            if not self.pack:
+                break
+        if used < ctx:  # padding continues the last window's positions (no window of its own)
+            pos[used:] = (pos[used - 1] + 1 if used else 0) + np.arange(ctx - used)
+        return ids, pos
+
+    def next(self) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
         """This rank's micro-batches and the non-padding tokens of the whole step (all ranks)."""
         n = self.micro * self.accum * self.world
-        windows = np.stack([self.sampler.next()["input_ids"] for _ in range(n)])
-        tokens = int((windows != F.PAD_ID).sum())
+        rows = [self._row() for _ in range(n)]
+        ids, pos = np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+        tokens = int((ids != F.PAD_ID).sum())
         # Global layout [accum, world, micro]: rank r takes [:, r] (a fixed, world-aware split).
-        mine = windows.reshape(self.accum, self.world, self.micro, -1)[:, self.rank]
-        return list(mine), tokens
+        ctx = ids.shape[1]
+        mine_ids = ids.reshape(self.accum, self.world, self.micro, ctx)[:, self.rank]
+        mine_pos = pos.reshape(self.accum, self.world, self.micro, ctx)[:, self.rank]
+        return list(zip(mine_ids, mine_pos)), tokens
 
 
 def fixed_windows(corpus: TokenCorpus, vocab: Vocabulary, context_length: int, n: int | None, seed: int = 0) -> np.ndarray:

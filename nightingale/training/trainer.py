@@ -125,7 +125,7 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
     model = build_model(mcfg, seed=cfg.seed, gradient_checkpointing=cfg.activation_checkpointing)
     engine, _, scheduler = build_engine(model, cfg, env.world_size)
     sampler = WindowSampler(data.train, data.vocab, mcfg.context_length, seed=cfg.seed)
-    batches = StepBatches(sampler, cfg.micro_batch_size, cfg.grad_accum, env.rank, env.world_size)
+    batches = StepBatches(sampler, cfg.micro_batch_size, cfg.grad_accum, env.rank, env.world_size, pack=cfg.pack)
     eval_windows = (fixed_windows(data.tuning, data.vocab, mcfg.context_length, cfg.eval_windows, seed=cfg.seed)
                     if data.tuning is not None else np.zeros((0, mcfg.context_length), np.int64))
     ckpt = Checkpointer(cfg.run_dir / "checkpoints", keep=cfg.keep_checkpoints, rank=env.rank,
@@ -142,7 +142,6 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
 
     flops_per_token = mcfg.flops_per_token()
     peak = cfg.peak_flops or device_peak_flops(cfg.precision)
-    positions_per_step = cfg.windows_per_step(env.world_size) * mcfg.context_length
     metrics = MetricsLogger(cfg.run_dir, enabled=env.is_main, wandb_mode=cfg.wandb_mode,
                             project=cfg.wandb_project, name=cfg.wandb_name, config=config)
     progress = ProgressDisplay(env.is_main and cfg.progress, cfg.max_steps, step)
@@ -157,7 +156,7 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
                  mcfg.name, mcfg.n_params() / 1e6, mcfg.vocab_size, step, cfg.max_steps,
                  env.world_size, cfg.zero_stage)
     preempted, last_good = False, ckpt.candidates()[:1]
-    timer, steps_timed = time.perf_counter(), 0
+    timer, steps_timed, tokens_timed = time.perf_counter(), 0, 0
     try:
         while step < cfg.max_steps:
             if dist.all_reduce([1.0 if preempt.requested else 0.0], "max")[0]:
@@ -171,8 +170,8 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
             micro_batches, n_tokens = batches.next()
             lr = scheduler.get_last_lr()[0]
             loss_sum = 0.0
-            for i, windows in enumerate(micro_batches):
-                loss = engine(**to_batch(windows, device)).loss
+            for i, (rows, positions) in enumerate(micro_batches):
+                loss = engine(**to_batch(rows, device, positions if cfg.pack else None)).loss
                 if cfg.nan_at_step == step + 1:
                     loss = loss * float("nan")
                 engine.backward(loss)
@@ -188,11 +187,12 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
                 )
             engine.step()
             step, tokens_seen, steps_timed = step + 1, tokens_seen + n_tokens, steps_timed + 1
+            tokens_timed += n_tokens
             losses["train"] = train_loss
 
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 elapsed = time.perf_counter() - timer
-                tps = positions_per_step * steps_timed / elapsed
+                tps = tokens_timed / elapsed  # record tokens, not padding
                 grad_norm = engine.get_global_grad_norm()
                 record = {
                     "loss/train": train_loss, "optim/lr": lr,
@@ -205,16 +205,16 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
                     record["memory/max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 metrics.log(record, step)
                 progress.update(step, f"loss {train_loss:.4f}  {tps:,.0f} tok/s")
-                timer, steps_timed = time.perf_counter(), 0
+                timer, steps_timed, tokens_timed = time.perf_counter(), 0, 0
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 losses["eval"] = eval_loss(engine, eval_windows, cfg.micro_batch_size, env, device)
                 metrics.log({"loss/eval": losses["eval"]}, step)
                 if env.is_main:
                     log.info("step %d: loss/train %.4f loss/eval %.4f", step, train_loss, losses["eval"])
-                timer, steps_timed = time.perf_counter(), 0
+                timer, steps_timed, tokens_timed = time.perf_counter(), 0, 0
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 last_good = [ckpt.save(engine, step, trainer_state())]
-                timer, steps_timed = time.perf_counter(), 0
+                timer, steps_timed, tokens_timed = time.perf_counter(), 0, 0
     except TrainingDiverged as exc:
         if env.is_main:
             log.error("%s", exc)

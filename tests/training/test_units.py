@@ -76,13 +76,84 @@ def test_step_batches_split_one_global_draw(sim_prep):
     for rank in range(2):
         sampler = WindowSampler(data.train, data.vocab, 64, seed=3)
         mbs, tokens = StepBatches(sampler, micro=2, grad_accum=3, rank=rank, world=2).next()
-        assert len(mbs) == 3 and mbs[0].shape == (2, 64)
-        shards.append(np.concatenate(mbs))
+        assert len(mbs) == 3 and mbs[0][0].shape == (2, 64) and mbs[0][1].shape == (2, 64)
+        shards.append(np.concatenate([ids for ids, _ in mbs]))
     sampler = WindowSampler(data.train, data.vocab, 64, seed=3)
     every = np.stack([sampler.next()["input_ids"] for _ in range(12)])
     assert tokens == int((every != F.PAD_ID).sum())
     got = np.concatenate(shards)
     assert sorted(map(bytes, got)) == sorted(map(bytes, every))  # each window once, across ranks
+
+
+def _rows(micro_batches):
+    """(ids, positions) of every row of a step's micro-batches."""
+    return [row for ids, pos in micro_batches for row in zip(ids, pos)]
+
+
+def _segments(ids: np.ndarray, pos: np.ndarray) -> list[np.ndarray]:
+    """The windows of a packed row: tokens from each position 0 up to the next (padding dropped)."""
+    starts = list(np.flatnonzero(pos == 0)) + [len(ids)]
+    return [ids[a:b][ids[a:b] != F.PAD_ID] for a, b in zip(starts, starts[1:])]
+
+
+def test_packed_rows_hold_every_window_once_in_order_and_resume_exactly(sim_prep):
+    data = load_prepared(sim_prep, 512)
+    sampler = WindowSampler(data.train, data.vocab, 512, seed=5)
+    plain = [w[w != F.PAD_ID] for w in (sampler.next()["input_ids"] for _ in range(len(sampler) + 40))]
+    sampler = WindowSampler(data.train, data.vocab, 512, seed=5)
+    packer = StepBatches(sampler, micro=4, grad_accum=1, rank=0, world=1, pack=True)
+    packed, tokens, rows, first = [], 0, 0, None
+    while len(packed) < len(plain) - 40:  # into the second epoch: unread() across the boundary
+        mbs, n = packer.next()
+        tokens += n
+        for ids, pos in _rows(mbs):
+            packed += _segments(ids, pos)
+            rows += 1
+        first = first or (len(packed), sampler.state_dict())
+    assert all(np.array_equal(a, b) for a, b in zip(packed, plain))  # every window, whole, in order
+    assert tokens == sum(len(w) for w in packed)
+    assert rows < 0.85 * len(packed), f"{rows} rows for {len(packed)} windows: packing saves little"
+    # A fresh sampler from the state after one step yields exactly the rows that followed.
+    n_first, state = first
+    again = WindowSampler(data.train, data.vocab, 512, seed=5)
+    again.load_state_dict(state)
+    want = []
+    for ids, pos in _rows(StepBatches(again, micro=4, grad_accum=1, rank=0, world=1, pack=True).next()[0]):
+        want += _segments(ids, pos)
+    assert all(np.array_equal(a, b) for a, b in zip(want, plain[n_first:]))
+
+
+def test_a_packed_row_scores_each_window_as_if_alone(sim_prep):
+    """Position ids that restart per window make transformers attend within each window only:
+    the loss of a packed row equals the token-weighted loss of its windows run one by one."""
+    import torch
+
+    from nightingale.model import build_model
+    from nightingale.training.data import to_batch
+
+    data = load_prepared(sim_prep, 512)
+    model = build_model(ModelConfig.from_name("tiny").with_vocab(len(data.vocab)), seed=0).eval()
+    sampler = WindowSampler(data.train, data.vocab, 512, seed=5)
+    rows = _rows(StepBatches(sampler, micro=8, grad_accum=1, rank=0, world=1, pack=True).next()[0])
+    ids, pos = max(rows, key=lambda r: int((r[1] == 0).sum()))  # the row with the most windows
+    segs = _segments(ids, pos)
+    assert len(segs) >= 2
+    with torch.no_grad():
+        packed = to_batch(ids[None], "cpu", pos[None])
+        k = int((packed["labels"][:, 1:] != -100).sum())
+        total = float(model(**packed).loss) * k
+        alone = sum_k = 0.0
+        for w in segs:
+            b = to_batch(w[None], "cpu")
+            n = len(w) - 1
+            alone, sum_k = alone + float(model(**b).loss) * n, sum_k + n
+    assert k == sum_k
+    assert total / k == pytest.approx(alone / sum_k, rel=1e-5)
+    # Without the restarting positions the later windows would see the earlier ones.
+    with torch.no_grad():
+        leaky = to_batch(ids[None], "cpu")
+        leaky["labels"] = packed["labels"]
+        assert float(model(**leaky).loss) != pytest.approx(alone / sum_k, rel=1e-5)
 
 
 # --- baselines -------------------------------------------------------------------------------------
