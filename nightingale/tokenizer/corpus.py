@@ -240,14 +240,12 @@ class WindowSampler:
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["seed"] != self.seed:
             raise ValueError(f"WindowSampler state: seed {state['seed']} != sampler seed {self.seed}")
+        if state.get("packed") != getattr(self, "block", None):
+            raise ValueError(
+                f"sampler state: written {'with' if state.get('packed') else 'without'} packed rows "
+                f"(block {state.get('packed')}); resume with the same train.pack setting"
+            )
         self.epoch, self.position, self._perm = int(state["epoch"]), int(state["position"]), None
-
-    def unread(self) -> None:
-        """Put back the window `next()` returned last: the following `next()` returns it again
-        (a packer that finds it does not fit its row leaves it for the next row)."""
-        if self.position < 1:
-            raise RuntimeError("WindowSampler.unread: no window read since the last state load")
-        self.position -= 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while len(self):
@@ -267,3 +265,69 @@ class WindowSampler:
             "start": start,
             "n_tokens": int((ids != F.PAD_ID).sum()),
         }
+
+
+class PackedSampler(WindowSampler):
+    """Seeded, resumable rows of whole windows packed into the context (training's `train.pack`).
+
+    An epoch takes the tiles in the same seeded permutation as `WindowSampler`, in blocks of
+    `block` tiles; each block is packed first-fit-decreasing into rows of `context_length` tokens
+    (a window's size is known before it is built: static + age + its body, plus the summary's
+    reserved room when it starts after the record's first token), and the epoch's rows are
+    shuffled. Every tile is in exactly one row per epoch. The state is (epoch, position) in rows,
+    so a resume is exact; `next_row()` returns the row's windows without their padding.
+    """
+
+    def __init__(self, corpus: TokenCorpus, vocab: Vocabulary, context_length: int, seed: int = 0,
+                 block: int = 256):
+        super().__init__(corpus, vocab, context_length, seed)
+        if block < 1:
+            raise ValueError(f"PackedSampler.block: must be >= 1, got {block}")
+        self.block = int(block)
+        room = window_room(vocab, context_length, corpus.static_lengths)[self.tile_row]
+        body = np.minimum(room, corpus.lengths[self.tile_row] - self.tile_start)
+        self.tile_size = (corpus.static_lengths[self.tile_row] + 1 + body
+                          + np.where(self.tile_start > 0, vocab.config.summary_tokens, 0)).astype(np.int64)
+        self._rows: list[np.ndarray] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {**super().state_dict(), "packed": self.block}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        super().load_state_dict(state)
+        self._rows = None
+
+    def _plan(self) -> list[np.ndarray]:
+        """This epoch's rows (arrays of tile indices)."""
+        if self._rows is None:
+            perm, size, ctx = self._permutation(), self.tile_size, self.context_length
+            rows: list[np.ndarray] = []
+            for b in range(0, len(perm), self.block):
+                tiles = perm[b : b + self.block]
+                tiles = tiles[np.argsort(-size[tiles], kind="stable")]
+                free = np.empty(len(tiles), np.int64)  # room left in each open row
+                member = np.empty(len(tiles), np.int64)
+                n_open = 0
+                for j, t in enumerate(tiles):
+                    fits = np.flatnonzero(free[:n_open] >= size[t])
+                    r = int(fits[0]) if len(fits) else n_open
+                    if r == n_open:
+                        free[r], n_open = ctx, n_open + 1
+                    free[r] -= size[t]
+                    member[j] = r
+                rows += [tiles[member == r] for r in range(n_open)]
+            order = np.random.default_rng([self.seed, self.epoch, 1]).permutation(len(rows))
+            self._rows = [rows[i] for i in order]
+        return self._rows
+
+    def next_row(self) -> list[np.ndarray]:
+        """The next row: its windows' tokens (int64, no padding), in order."""
+        if self.position >= len(self._plan()):
+            self.epoch, self.position, self._perm, self._rows = self.epoch + 1, 0, None, None
+        tiles = self._plan()[self.position]
+        self.position += 1
+        out = []
+        for tile in tiles:
+            w = self.corpus.window(self.vocab, int(self.tile_row[tile]), int(self.tile_start[tile]), self.context_length)
+            out.append(w[w != F.PAD_ID])
+        return out

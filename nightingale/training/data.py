@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from nightingale.tokenizer import families as F
-from nightingale.tokenizer.corpus import META, TokenCorpus, WindowSampler
+from nightingale.tokenizer.corpus import META, PackedSampler, TokenCorpus, WindowSampler
 from nightingale.tokenizer.vocabulary import HF_TOKENIZER_FILE, SPEC_FILE, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -105,31 +105,25 @@ class StepBatches:
     """Rows of one optimizer step for one rank: `grad_accum` micro-batches of `micro` rows, each
     a (ids, position ids) pair of [micro, context_length] arrays.
 
-    Without `pack` a row is one window, right-padded. With `pack` a row holds as many whole
-    windows as fit, back to back, each with positions from 0 (see `to_batch`): a record shorter
-    than the context then costs its own length rather than a full context of padding, so a step
-    of the same compute sees more tokens. A window that does not fit goes back to the sampler
-    (`WindowSampler.unread`) and starts the next row, so the sampler's state alone still makes
-    a resume exact, and an epoch still sees every token once."""
+    From a `WindowSampler` a row is one window, right-padded. From a `PackedSampler` a row holds
+    several whole windows back to back, each with positions from 0 (see `to_batch`): a record
+    shorter than the context then costs its own length rather than a full context of padding,
+    so a step of the same compute sees more tokens."""
 
-    def __init__(self, sampler: WindowSampler, micro: int, grad_accum: int, rank: int, world: int,
-                 pack: bool = False):
+    def __init__(self, sampler: WindowSampler, micro: int, grad_accum: int, rank: int, world: int):
         self.sampler, self.micro, self.accum, self.rank, self.world = sampler, micro, grad_accum, rank, world
-        self.pack = pack
 
     def _row(self) -> tuple[np.ndarray, np.ndarray]:
         ctx = self.sampler.context_length
-        ids, pos, used = np.full(ctx, F.PAD_ID, np.int64), np.zeros(ctx, np.int64), 0
-        while used < ctx:
+        if isinstance(self.sampler, PackedSampler):
+            windows = self.sampler.next_row()
+        else:
             w = self.sampler.next()["input_ids"]
-            n = int(np.count_nonzero(w != F.PAD_ID))  # a window is its tokens, then padding
-            if used and used + n > ctx:
-                self.sampler.unread()
-                break
-            ids[used : used + n], pos[used : used + n] = w[:n], np.arange(n)
-            used += n
-            if not self.pack:
-                break
+            windows = [w[w != F.PAD_ID]]
+        ids, pos, used = np.full(ctx, F.PAD_ID, np.int64), np.zeros(ctx, np.int64), 0
+        for w in windows:
+            ids[used : used + len(w)], pos[used : used + len(w)] = w, np.arange(len(w))
+            used += len(w)
         if used < ctx:  # padding continues the last window's positions (no window of its own)
             pos[used:] = (pos[used - 1] + 1 if used else 0) + np.arange(ctx - used)
         return ids, pos

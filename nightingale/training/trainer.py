@@ -23,7 +23,7 @@ import torch
 
 from nightingale.atomic import write_json_atomic
 from nightingale.model import build_model, config_hash, export_model
-from nightingale.tokenizer.corpus import WindowSampler
+from nightingale.tokenizer.corpus import PackedSampler, WindowSampler
 from nightingale.training import distributed as dist
 from nightingale.training.checkpoint import Checkpointer
 from nightingale.training.config import TrainConfig
@@ -124,8 +124,8 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     model = build_model(mcfg, seed=cfg.seed, gradient_checkpointing=cfg.activation_checkpointing)
     engine, _, scheduler = build_engine(model, cfg, env.world_size)
-    sampler = WindowSampler(data.train, data.vocab, mcfg.context_length, seed=cfg.seed)
-    batches = StepBatches(sampler, cfg.micro_batch_size, cfg.grad_accum, env.rank, env.world_size, pack=cfg.pack)
+    sampler = (PackedSampler if cfg.pack else WindowSampler)(data.train, data.vocab, mcfg.context_length, seed=cfg.seed)
+    batches = StepBatches(sampler, cfg.micro_batch_size, cfg.grad_accum, env.rank, env.world_size)
     eval_windows = (fixed_windows(data.tuning, data.vocab, mcfg.context_length, cfg.eval_windows, seed=cfg.seed)
                     if data.tuning is not None else np.zeros((0, mcfg.context_length), np.int64))
     ckpt = Checkpointer(cfg.run_dir / "checkpoints", keep=cfg.keep_checkpoints, rank=env.rank,

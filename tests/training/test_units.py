@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from nightingale import schema as S
 from nightingale.model import ModelConfig
 from nightingale.tokenizer import families as F
-from nightingale.tokenizer.corpus import WindowSampler
+from nightingale.tokenizer.corpus import PackedSampler, WindowSampler
 from nightingale.training.baselines import NgramBaseline
 from nightingale.training.config import TrainConfig
 from nightingale.training.data import StepBatches, load_prepared
@@ -96,31 +97,39 @@ def _segments(ids: np.ndarray, pos: np.ndarray) -> list[np.ndarray]:
     return [ids[a:b][ids[a:b] != F.PAD_ID] for a, b in zip(starts, starts[1:])]
 
 
-def test_packed_rows_hold_every_window_once_in_order_and_resume_exactly(sim_prep):
+def test_packed_rows_hold_every_window_once_per_epoch_and_resume_exactly(sim_prep):
     data = load_prepared(sim_prep, 512)
-    sampler = WindowSampler(data.train, data.vocab, 512, seed=5)
-    plain = [w[w != F.PAD_ID] for w in (sampler.next()["input_ids"] for _ in range(len(sampler) + 40))]
-    sampler = WindowSampler(data.train, data.vocab, 512, seed=5)
-    packer = StepBatches(sampler, micro=4, grad_accum=1, rank=0, world=1, pack=True)
-    packed, tokens, rows, first = [], 0, 0, None
-    while len(packed) < len(plain) - 40:  # into the second epoch: unread() across the boundary
-        mbs, n = packer.next()
+    plain = WindowSampler(data.train, data.vocab, 512, seed=5)
+    windows = {}
+    for _ in range(len(plain)):
+        w = plain.next()
+        windows[(w[S.SUBJECT_ID], w["start"])] = w["input_ids"][w["input_ids"] != F.PAD_ID]
+    by_tokens = {bytes(w.astype(np.int64)): k for k, w in windows.items()}
+    sampler = PackedSampler(data.train, data.vocab, 512, seed=5, block=64)
+    batches = StepBatches(sampler, micro=4, grad_accum=1, rank=0, world=1)
+    seen, tokens, rows, first = [], 0, 0, None
+    while sampler.epoch == 0:
+        mbs, n = batches.next()
         tokens += n
         for ids, pos in _rows(mbs):
-            packed += _segments(ids, pos)
+            segs = _segments(ids, pos)
+            assert sum(map(len, segs)) <= 512
+            seen += [by_tokens[bytes(w)] for w in segs]
             rows += 1
-        first = first or (len(packed), sampler.state_dict())
-    assert all(np.array_equal(a, b) for a, b in zip(packed, plain))  # every window, whole, in order
-    assert tokens == sum(len(w) for w in packed)
-    assert rows < 0.85 * len(packed), f"{rows} rows for {len(packed)} windows: packing saves little"
+        first = first or (len(seen), sampler.state_dict(), mbs)
+    epoch0 = seen[: len(windows)]
+    assert sorted(epoch0) == sorted(windows), "an epoch holds every window exactly once"
+    assert tokens == sum(len(windows[k]) for k in seen)
+    filled = sum(map(len, windows.values())) / (512 * rows)
+    assert filled > 0.9, f"{rows} rows for {len(windows)} windows: {filled:.0%} of positions are tokens"
     # A fresh sampler from the state after one step yields exactly the rows that followed.
-    n_first, state = first
-    again = WindowSampler(data.train, data.vocab, 512, seed=5)
+    n_first, state, _ = first
+    again = PackedSampler(data.train, data.vocab, 512, seed=5, block=64)
     again.load_state_dict(state)
-    want = []
-    for ids, pos in _rows(StepBatches(again, micro=4, grad_accum=1, rank=0, world=1, pack=True).next()[0]):
-        want += _segments(ids, pos)
-    assert all(np.array_equal(a, b) for a, b in zip(want, plain[n_first:]))
+    want = [by_tokens[bytes(w)] for ids, pos in _rows(StepBatches(again, 4, 1, 0, 1).next()[0]) for w in _segments(ids, pos)]
+    assert want == seen[n_first : n_first + len(want)]
+    with pytest.raises(ValueError, match="train.pack"):
+        WindowSampler(data.train, data.vocab, 512, seed=5).load_state_dict(state)
 
 
 def test_a_packed_row_scores_each_window_as_if_alone(sim_prep):
@@ -133,8 +142,8 @@ def test_a_packed_row_scores_each_window_as_if_alone(sim_prep):
 
     data = load_prepared(sim_prep, 512)
     model = build_model(ModelConfig.from_name("tiny").with_vocab(len(data.vocab)), seed=0).eval()
-    sampler = WindowSampler(data.train, data.vocab, 512, seed=5)
-    rows = _rows(StepBatches(sampler, micro=8, grad_accum=1, rank=0, world=1, pack=True).next()[0])
+    sampler = PackedSampler(data.train, data.vocab, 512, seed=5)
+    rows = _rows(StepBatches(sampler, micro=8, grad_accum=1, rank=0, world=1).next()[0])
     ids, pos = max(rows, key=lambda r: int((r[1] == 0).sum()))  # the row with the most windows
     segs = _segments(ids, pos)
     assert len(segs) >= 2
