@@ -210,6 +210,8 @@ class WindowSampler:
     `load_state_dict` on a fresh sampler yield exactly the windows that would have followed.
     """
 
+    block: int | None = None  # packed rows' block size (PackedSampler); None: one window a row
+
     def __init__(self, corpus: TokenCorpus, vocab: Vocabulary, context_length: int, seed: int = 0):
         room = window_room(vocab, context_length, corpus.static_lengths)
         if len(corpus) and room.min() < 1:
@@ -240,7 +242,7 @@ class WindowSampler:
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["seed"] != self.seed:
             raise ValueError(f"WindowSampler state: seed {state['seed']} != sampler seed {self.seed}")
-        if state.get("packed") != getattr(self, "block", None):
+        if state.get("packed") != self.block:
             raise ValueError(
                 f"sampler state: written {'with' if state.get('packed') else 'without'} packed rows "
                 f"(block {state.get('packed')}); resume with the same train.pack setting"

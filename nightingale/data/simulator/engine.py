@@ -211,7 +211,8 @@ def step(st: CohortState, k: int, rng: np.random.Generator, sink: EventSink, sta
     dm_day = nan
     if onset.any():
         day_of = np.where(onset.any(axis=1), t0 + lo + U[9] * width, np.nan)
-        day_of = np.where(known_dm, np.nan if given is None else given.diabetes, day_of)
+        if given is not None:
+            day_of = np.where(known_dm, given.diabetes, day_of)
         for c in range(M.N_BINARY_CONDITIONS):
             i = np.flatnonzero(onset[:, c])
             st.cond[i, c] = True
