@@ -38,14 +38,14 @@ demo: install
 	$(NG) simulate --subjects $(DEMO_SUBJECTS) --seed 0 --out $(RUN_DIR)/meds
 	$(NG) validate $(RUN_DIR)/meds
 	$(BIN)/python data_prep/prepare.py data=meds data.path=$(RUN_DIR)/meds out_dir=$(RUN_DIR)/prepared workers=2
-	OMP_NUM_THREADS=1 $(BIN)/torchrun --nproc_per_node=2 train/train.py train=demo \
+	OMP_NUM_THREADS=1 $(BIN)/torchrun --nproc_per_node=2 train/train.py experiment=demo \
 		data_dir=$(RUN_DIR)/prepared run_dir=$(RUN_DIR)/train
 	@# Evaluation and the gate: writes runs/demo/train/model/{evaluation/report.md,gate_report.json};
 	@# a failed gate stops the demo here (exit 1), and the server would refuse the model anyway.
-	VLLM_CACHE_ROOT=$(RUN_DIR)/vllm_cache $(BIN)/python eval/evaluate.py --config-name demo \
+	VLLM_CACHE_ROOT=$(RUN_DIR)/vllm_cache $(BIN)/python eval/evaluate.py experiment=demo \
 		model_dir=$(RUN_DIR)/train/model data_dir=$(RUN_DIR)/prepared
 	NIGHTINGALE_API_KEYS="demo:$(DEMO_KEY):admin" VLLM_CACHE_ROOT=$(RUN_DIR)/vllm_cache \
-		$(BIN)/python serve/serve.py serve.model.model_dir=$(RUN_DIR)/train/model port=$(DEMO_PORT) \
+		$(BIN)/python serve/serve.py model_dir=$(RUN_DIR)/train/model port=$(DEMO_PORT) \
 		serve.audit_log=$(RUN_DIR)/audit.jsonl serve.cohorts_dir=$(RUN_DIR)/cohorts & server=$$!; \
 	$(BIN)/python serve/query_demo.py --url http://127.0.0.1:$(DEMO_PORT) --key $(DEMO_KEY); rc=$$?; \
 	kill -TERM $$server; wait $$server; exit $$rc
@@ -56,6 +56,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check nightingale data_prep train serve eval tests benchmarks
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/bench_simulator.py --subjects 100000

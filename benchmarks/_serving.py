@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import numpy as np
 import polars as pl
 
 from nightingale import schema as S
-from nightingale.api.process import ServerProcess
 from nightingale.data.meds_io import MEDSDataset
+
+# serve/process.py starts the serving stage's script: a checkout helper, not part of the library.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from serve.process import ServerProcess  # noqa: E402
 
 BENCH_KEY = "bench-key-not-secret"
 
@@ -71,5 +75,5 @@ def served(model_dir: str | Path, work: Path, *, extra: list[str] = ()) -> Itera
     overrides = [f"model_dir={model_dir}", "serve.api_keys_env=NIGHTINGALE_BENCH_KEYS",
                  f"serve.audit_log={work / 'audit.jsonl'}", f"serve.cohorts_dir={work / 'cohorts'}",
                  "log_level=warning", f"hydra.run.dir={work / 'hydra'}", *extra]
-    with ServerProcess(overrides, config_name="dev", env=env, log_path=work / "server.log") as srv:
+    with ServerProcess(["experiment=dev", *overrides], env=env, log_path=work / "server.log") as srv:
         yield srv

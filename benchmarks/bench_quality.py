@@ -96,15 +96,15 @@ def main() -> int:
     model_dir = work / "train" / "model"
     if not (model_dir / "model.safetensors").exists():
         torchrun = str(Path(py).with_name("torchrun"))
-        times["train_s"] = run([torchrun, f"--nproc_per_node={args.nproc}", "train/train.py", "train=demo",
+        times["train_s"] = run([torchrun, f"--nproc_per_node={args.nproc}", "train/train.py", "experiment=quality",
                                 f"model={args.model}", f"train.max_steps={args.steps}",
                                 f"train.checkpoint_every={max(args.steps // 10, 1)}", "wandb.mode=disabled",
                                 f"data_dir={work / 'prepared'}", f"run_dir={work / 'train'}", *args.train_override],
                                env={"OMP_NUM_THREADS": "1"})
     report_path = model_dir / "evaluation" / "report.json"
     if not report_path.exists():
-        times["evaluate_s"] = run([py, "eval/evaluate.py", f"model_dir={model_dir}", f"data_dir={work / 'prepared'}",
-                                   "synthetic.enabled=false", "progress=false", f"zeroshot.rollouts={args.rollouts}",
+        times["evaluate_s"] = run([py, "eval/evaluate.py", "experiment=quality", f"model_dir={model_dir}",
+                                   f"data_dir={work / 'prepared'}", f"zeroshot.rollouts={args.rollouts}",
                                    f"task_scoring.max_labels={args.max_labels}", f"hydra.run.dir={work / 'hydra'}"],
                                   ok=(0, 1))  # 1: the gate failed; the report is written either way
     report = json.loads(report_path.read_text())

@@ -131,7 +131,7 @@ def _hwm_mib() -> float:
 
 def worker(meds: Path, out: Path) -> dict:
     """Encode + merge (the vocabulary is already in out/vocab): time, CPU and peak RSS."""
-    from nightingale.data.prepare import PrepareConfig, Preparer
+    from nightingale.tokenizer.prepare import PrepareConfig, Preparer
 
     p = Preparer(PrepareConfig(meds_dir=meds, out_dir=out, show_progress=False, workers=WORKERS))
     r0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -177,7 +177,7 @@ def _tree_rss_mib(pid: int) -> float:
 
 
 def bench(n_events: int, work: Path) -> dict:
-    from nightingale.data.prepare import PrepareConfig, Preparer
+    from nightingale.tokenizer.prepare import PrepareConfig, Preparer
 
     t = time.perf_counter()
     meds, source = make_data(work, n_events)

@@ -8,7 +8,7 @@
     python data_prep/prepare.py ... stage=merge                        # corpus + report
 
 Finished shards carry `.done` markers, so a rerun resumes; `stage=encode shard=...` runs one shard
-(a Slurm array task). All logic lives in `nightingale.data.prepare`.
+(a Slurm array task). All logic lives in `nightingale.tokenizer.prepare`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from nightingale.data.ingest import ingest_to_meds
-from nightingale.data.prepare import PrepareConfig, prepare
 from nightingale.tokenizer.config import TokenizerConfig
+from nightingale.tokenizer.prepare import PrepareConfig, prepare
 
 log = logging.getLogger("data_prep.prepare")
 

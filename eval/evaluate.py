@@ -1,20 +1,18 @@
 """Evaluation stage: score an exported model and write its gate report.
 
     python eval/evaluate.py model_dir=runs/demo/train/model data_dir=runs/demo/prepared
-    python eval/evaluate.py --config-name quick model_dir=... data_dir=...     # development / CI
+    python eval/evaluate.py experiment=quick model_dir=... data_dir=...        # development / CI
     python eval/evaluate.py ... task_dir=configs/eval/tasks/mimic synthetic.enabled=false
 
-Reads configs/eval/*.yaml and a gate (configs/gate/*.yaml). Writes <model_dir>/evaluation/
-(report.json, report.md, plots, predictions) and <model_dir>/gate_report.json, which the
-server requires. Exit codes: 0 gate passed, 1 gate failed, 2 bad input. Logic: nightingale.evaluation.
+Reads configs/eval.yaml (the engine from configs/engine/) and a gate (configs/eval/gates/*.yaml).
+Writes <model_dir>/evaluation/ (report.json, report.md, plots, predictions) and
+<model_dir>/gate_report.json, which the server requires. Exit codes: 0 gate passed, 1 gate failed, 2 bad input. Logic: nightingale.evaluation.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -23,23 +21,13 @@ log = logging.getLogger("eval.evaluate")
 
 
 def evaluate(cfg: DictConfig) -> int:
+    from nightingale.evaluation.config import EvalConfig
     from nightingale.evaluation.run import REPORT_DIR, run_evaluation
 
-    c = OmegaConf.to_container(cfg, resolve=True)
-    data_dir = Path(c["data_dir"])
-    meds_dir = c.get("meds_dir")
-    if meds_dir is None:
-        rep = data_dir / "prepare_report.json"
-        if not rep.is_file():
-            raise ValueError(f"meds_dir: not given and {rep} does not exist to say where the MEDS data are")
-        meds_dir = json.loads(rep.read_text())["meds_dir"]
-    report = run_evaluation(
-        c["model_dir"], data_dir, meds_dir, tasks=c.get("task_dir"), gate=c["gate"],
-        intrinsic=c.get("intrinsic"), zeroshot=c.get("zeroshot"), task_scoring=c.get("task_scoring"),
-        synthetic=c.get("synthetic"), engine=c.get("engine"), progress=bool(c.get("progress", True)),
-    )
+    ecfg = EvalConfig.from_mapping(OmegaConf.to_container(cfg, resolve=True))
+    report = run_evaluation(ecfg)
     g = report["gate"]
-    out = Path(c["model_dir"]) / REPORT_DIR
+    out = ecfg.model_dir / REPORT_DIR
     print(f"\nGate {'PASSED' if g['passed'] else 'FAILED'}"
           + (f": failed {', '.join(g['failed'])}" if g["failed"] else "")
           + f"\nReport: {out / 'report.md'} (JSON: {out / 'report.json'})")
@@ -50,7 +38,7 @@ def evaluate(cfg: DictConfig) -> int:
     return 0 if g["passed"] else 1
 
 
-@hydra.main(version_base="1.3", config_path="../configs/eval", config_name="default")
+@hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
     try:
         code = evaluate(cfg)

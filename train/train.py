@@ -1,7 +1,7 @@
 """Pretraining stage: a Llama model on a prepared token corpus with DeepSpeed.
 
 Locally (2 CPU ranks; the demo model on the simulator corpus in a few minutes):
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node=2 train/train.py train=demo \
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node=2 train/train.py experiment=demo \
         data_dir=runs/demo/prep run_dir=runs/demo/train
 On a Slurm cluster (one task per GPU; RANK/WORLD_SIZE/LOCAL_RANK are read from SLURM_* if unset):
     srun python train/train.py model=base deepspeed=zero2_gpu train.precision=bf16 data_dir=... run_dir=...

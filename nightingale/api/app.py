@@ -25,82 +25,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.routing import Match
 
+from nightingale.api import routes
 from nightingale.api.audit import AuditLog
-from nightingale.api.auth import AuthError, KeyStore, ScopeError, load_keys
+from nightingale.api.auth import AuthError, ScopeError
 from nightingale.api.config import ServeConfig
 from nightingale.api.jobs import CohortJobs, JobNotFound, JobsFull
-from nightingale.api.metrics import Metrics
-from nightingale.inference.engine import Engine, EngineError, EngineOverloaded
+from nightingale.api.state import FieldError, Overloaded, ServerState
+from nightingale.inference.engine import EngineError, EngineOverloaded
 from nightingale.inference.gate import check_gate
 from nightingale.model.folder import ModelDir
 
 log = logging.getLogger(__name__)
 UNAUDITED = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: no patient data, no key
-
-
-class Overloaded(Exception):
-    """More HTTP work in flight than ServeConfig.max_inflight."""
-
-
-class FieldError(Exception):
-    """A request field breaks a limit or cannot be served: 422 with the field's location."""
-
-    def __init__(self, loc: tuple, msg: str, status: int = 422):
-        super().__init__(msg)
-        self.loc, self.msg, self.status = loc, msg, status
-
-
-class ServerState:
-    """Everything the routes share: config, engine, keys, audit log, metrics, jobs, admission."""
-
-    def __init__(self, cfg: ServeConfig):
-        self.cfg = cfg
-        self.keys = KeyStore(load_keys(cfg.api_keys_file, cfg.api_keys_env))
-        if not self.keys.keys:
-            log.warning("no API keys configured (%s / %s): every request will get 401", cfg.api_keys_file, cfg.api_keys_env)
-        self.metrics = Metrics()
-        self.audit: AuditLog | None = None
-        self.engine: Engine | None = None
-        self.engine_error: str | None = None
-        self.gate: dict[str, Any] = {}
-        self.card: dict[str, Any] = {}
-        self.jobs: CohortJobs | None = None
-        self.inflight = 0
-        self.shutting_down = False
-        self._start_task: asyncio.Task | None = None
-
-    async def start_engine(self) -> None:
-        try:
-            self.engine = await Engine.start(self.cfg.model)
-            log.info("engine ready")
-        except Exception as e:  # noqa: BLE001 - reported by /readyz; the process stays up for probes
-            self.engine_error = f"{type(e).__name__}: {e}"
-            log.error("engine failed to start: %s", self.engine_error)
-
-    def require_engine(self) -> Engine:
-        if self.shutting_down:
-            raise EngineError("the server is shutting down")
-        if self.engine is None:
-            raise EngineError("the model is still loading" if self.engine_error is None else "the engine failed to start")
-        return self.engine
-
-    @contextlib.asynccontextmanager
-    async def admission(self):
-        """One unit of HTTP work; refused (503) past max_inflight."""
-        if self.inflight >= self.cfg.max_inflight:
-            raise Overloaded(f"{self.inflight} requests in flight (max_inflight={self.cfg.max_inflight})")
-        self.inflight += 1
-        self.metrics.queue_depth.set(self.inflight)
-        try:
-            yield
-        finally:
-            self.inflight -= 1
-            self.metrics.queue_depth.set(self.inflight)
-
-    def sync_job_metrics(self) -> None:
-        if self.jobs is not None:
-            for status, n in self.jobs.counts().items():
-                self.metrics.cohort_jobs.labels(status).set(n)
 
 
 def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -234,8 +170,6 @@ def _register_handlers(app: FastAPI, st: ServerState) -> None:
 
 def build_app(cfg: ServeConfig) -> FastAPI:
     """The FastAPI app for `cfg` (nothing starts until the lifespan runs)."""
-    from nightingale.api import routes
-
     st = ServerState(cfg)
 
     @contextlib.asynccontextmanager

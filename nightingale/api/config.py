@@ -1,4 +1,4 @@
-"""ServeConfig: everything the HTTP server reads from configs/serve/*.yaml, validated early."""
+"""ServeConfig: everything the HTTP server reads from configs/serve.yaml, validated early."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from nightingale.config import build, check_choice, check_fields, check_ints, field_names
 from nightingale.inference.engine import EngineConfig
 from nightingale.inference.forecast import ESTIMATORS
 
@@ -60,34 +61,20 @@ class ServeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_inflight", "retry_after_s", "default_rollouts", "reserve_tokens", "max_new_tokens",
-                     "max_running_jobs", "cohort_max_new_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"serve.{name}: must be >= 1, got {getattr(self, name)!r}")
-        if self.small_count_threshold < 0:
-            raise ValueError(f"serve.small_count_threshold: must be >= 0, got {self.small_count_threshold}")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"serve.estimator: {self.estimator!r}; allowed {list(ESTIMATORS)}")
+        check_ints(self, ("max_inflight", "retry_after_s", "default_rollouts", "reserve_tokens", "max_new_tokens",
+                          "max_running_jobs", "cohort_max_new_tokens"), "serve")
+        check_ints(self, ("small_count_threshold",), "serve", low=0)
+        check_choice("serve.estimator", self.estimator, ESTIMATORS)
         if self.default_rollouts > self.limits.max_rollouts:
             raise ValueError("serve.default_rollouts: must not exceed limits.max_rollouts")
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> ServeConfig:
-        m = dict(m)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(m) - known)
-        if unknown:
-            raise ValueError(f"serve: unknown field(s) {unknown}; allowed {sorted(known)}")
+        check_fields(m, field_names(cls), "serve")
         if "model" not in m:
             raise ValueError("serve.model: required (at least model.model_dir)")
-        model = m.pop("model")
-        m["model"] = model if isinstance(model, EngineConfig) else EngineConfig.from_mapping(dict(model))
-        lim = m.pop("limits", None) or {}
-        if not isinstance(lim, Limits):
-            lknown = {f.name for f in dataclasses.fields(Limits)}
-            bad = sorted(set(lim) - lknown)
-            if bad:
-                raise ValueError(f"serve.limits: unknown field(s) {bad}; allowed {sorted(lknown)}")
-            lim = Limits(**dict(lim))
-        m["limits"] = lim
-        return cls(**m)
+        model = m["model"]
+        model = model if isinstance(model, EngineConfig) else EngineConfig.from_mapping(dict(model))
+        lim = m.get("limits") or {}
+        lim = lim if isinstance(lim, Limits) else build(Limits, lim, "serve.limits")
+        return cls(**{**m, "model": model, "limits": lim})

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from nightingale.api import schemas as M
-from nightingale.api.app import FieldError, ServerState
 from nightingale.api.auth import ApiKey, presented_key
+from nightingale.api.state import FieldError, ServerState
 from nightingale.inference.cohorts import CohortSpec, validate_spec
 from nightingale.inference.forecast import (
     ForecastConfig,

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from nightingale.config import check_choice, check_fields, check_ints, field_names
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE_DIR = REPO_ROOT / "configs" / "cluster"
 LAUNCHERS = ("srun", "torchrun")
@@ -64,18 +66,12 @@ class ClusterProfile:
 
     def __post_init__(self) -> None:
         where = f"cluster profile {self.name!r}"
-        for name in ("gpus_per_node", "cpus_per_node"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "cpus_per_node" else 0):
-                raise ValueError(f"{where}: {name} must be a non-negative integer, got {value!r}")
-        for name in ("max_nodes", "tasks_per_node", "cpus_per_task"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{where}: {name} must be a positive integer or null, got {value!r}")
+        check_ints(self, ("gpus_per_node",), where, low=0)
+        check_ints(self, ("cpus_per_node",), where)
+        check_ints(self, ("max_nodes", "tasks_per_node", "cpus_per_task"), where, optional=True)
         if self.gpus_per_node == 0 and self.tasks_per_node is None:
             raise ValueError(f"{where}: tasks_per_node is required when gpus_per_node is 0")
-        if self.launcher not in LAUNCHERS:
-            raise ValueError(f"{where}: launcher {self.launcher!r}; allowed {LAUNCHERS}")
+        check_choice(f"{where}.launcher", self.launcher, LAUNCHERS)
         if not _TIME.match(str(self.time)):
             raise ValueError(f"{where}: time {self.time!r} is not a Slurm time ([D-]HH:MM:SS)")
         if not isinstance(self.signal_lead_s, int) or not 0 < self.signal_lead_s <= 65535:
@@ -89,17 +85,13 @@ class ClusterProfile:
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> ClusterProfile:
-        known = {f.name for f in dataclasses.fields(cls)}
-        name = data.get("name", "?")
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"cluster profile {name!r}: unknown field(s) {unknown}; allowed {sorted(known)}")
-        data = dict(data)
-        if isinstance(data.get("container"), dict):
-            data["container"] = Container(**data["container"])
-        elif isinstance(data.get("container"), str):
-            data["container"] = Container(image=data["container"])
-        return cls(**data)
+        check_fields(data, field_names(cls), f"cluster profile {data.get('name', '?')!r}")
+        container = data.get("container")
+        if isinstance(container, dict):
+            container = Container(**container)
+        elif isinstance(container, str):
+            container = Container(image=container)
+        return cls(**{**data, "container": container})
 
 
 def available_profiles(profile_dir: Path = PROFILE_DIR) -> list[str]:

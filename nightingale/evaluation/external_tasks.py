@@ -40,7 +40,6 @@ exactly those rows. Optional `train_labels` give the supervised baseline its tra
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import re
@@ -53,7 +52,16 @@ import numpy as np
 import polars as pl
 
 from nightingale import schema as S
+from nightingale.config import check_fields, field_names
+from nightingale.data.codes import check_code_patterns
 from nightingale.data.meds_io import MEDSDataset
+from nightingale.evaluation.labels import (
+    LabelReport,
+    draw_end,
+    draw_one_per_subject,
+    draw_rule,
+    observation_end,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +116,7 @@ def load_aces_task(path: Path, mapping: Mapping[str, Any]) -> AcesTask:
     if not isinstance(ours, Mapping):
         raise _fail(source, "field 'metadata.nightingale': must be a mapping")
     allowed = {"name", "one_per_subject", "draws_per_subject", "seed", "outcome_codes", "horizon_days"}
-    unknown = sorted(set(ours) - allowed)
-    if unknown:
-        raise _fail(source, f"field 'metadata.nightingale': unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+    check_fields(ours, allowed, f"{source}: field 'metadata.nightingale'")
     if cfg.label_window is None:
         raise _fail(source, "field 'windows': no window has a `label`; a binary task needs one")
     if cfg.index_timestamp_window is None:
@@ -151,8 +157,6 @@ def load_aces_task(path: Path, mapping: Mapping[str, Any]) -> AcesTask:
 
 
 def _check_common(task, source: str) -> None:
-    from nightingale.evaluation.tasks import check_code_patterns
-
     problem = check_code_patterns(task.outcome_codes)
     if problem or not task.outcome_codes:
         raise _fail(source, f"field 'outcome_codes': {problem or 'must list at least one code'}")
@@ -277,13 +281,6 @@ def aces_labels(task: AcesTask, dataset: MEDSDataset, split: str) -> tuple[pl.Da
     from aces.config import TaskExtractorConfig
     from omegaconf import OmegaConf
 
-    from nightingale.evaluation.tasks import (
-        draw_end,
-        draw_one_per_subject,
-        draw_rule,
-        observation_end,
-    )
-
     cfg = TaskExtractorConfig.load(config_path=Path(task.config_path))
     _check_predicates_in_data(task, cfg, dataset)
     ids = dataset.subjects(split)
@@ -319,10 +316,8 @@ def aces_labels(task: AcesTask, dataset: MEDSDataset, split: str) -> tuple[pl.Da
 
 def label_report(task: str, source: str, labels: pl.DataFrame, *, subjects: int, candidates: int,
                  rule: str) -> dict[str, Any]:
-    """A `tasks.LabelReport` for labels made elsewhere (their source did any censoring), as a
+    """A `labels.LabelReport` for labels made elsewhere (their source did any censoring), as a
     dict with where they came from and by what rule."""
-    from nightingale.evaluation.tasks import LabelReport
-
     report = LabelReport(task=task, subjects=subjects, candidates=candidates, excluded_new_only=0,
                          censored=0, kept=labels.height, positives=int(labels[S.BOOLEAN_VALUE].sum()),
                          censoring=f"by the {source} definition, not here")
@@ -359,10 +354,8 @@ class LabelFileTask:
 
 def load_label_file_task(path: Path, mapping: Mapping[str, Any]) -> LabelFileTask:
     source = str(path)
-    fields = {f.name for f in dataclasses.fields(LabelFileTask)} - {"source"}
-    unknown = sorted(set(mapping) - fields)
-    if unknown:
-        raise _fail(source, f"unknown field(s) {unknown}; allowed: {sorted(fields)}")
+    fields = field_names(LabelFileTask) - {"source"}
+    check_fields(mapping, fields, source)
     for required in ("name", "labels", "outcome_codes", "horizon_days"):
         if required not in mapping:
             raise _fail(source, f"field '{required}' is required")

@@ -1,6 +1,6 @@
 """The gate: thresholds on an evaluation report decide whether a model may be served.
 
-A gate file (configs/gate/*.yaml) lists checks:
+A gate file (configs/eval/gates/*.yaml) lists checks:
 
     checks:
       - name: beats_bigram
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from nightingale.config import check_fields
 
 KNOWN = {"name", "metric", "min", "max", "above", "below", "optional", "description"}
 BOUNDS = ("min", "max", "above", "below")
@@ -68,9 +70,7 @@ def parse_checks(items: Sequence[Mapping[str, Any]], source: str = "gate") -> li
         where = f"{source}: checks[{i}]"
         if not isinstance(item, Mapping):
             raise ValueError(f"{where}: expected a mapping, got {type(item).__name__}")
-        unknown = sorted(set(item) - KNOWN)
-        if unknown:
-            raise ValueError(f"{where}: unknown field(s) {unknown}; allowed {sorted(KNOWN)}")
+        check_fields(item, KNOWN, where)
         for field in ("name", "metric"):
             if not isinstance(item.get(field), str) or not item[field]:
                 raise ValueError(f"{where}.{field}: expected a non-empty string")

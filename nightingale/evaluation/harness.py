@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from nightingale import schema as S
+from nightingale.data.codes import matches_any
 from nightingale.data.meds_io import MEDSDataset, write_meds_parquet
 from nightingale.evaluation import metrics as M
 from nightingale.evaluation.intrinsic import IntrinsicConfig, evaluate_intrinsic
@@ -127,11 +128,8 @@ def oracle_outcome(task: Task) -> str | None:
     """The simulator outcome a task asks about (same codes and new-only rule), if any."""
     from nightingale.data.simulator.oracle import OUTCOMES
 
-    def covered(code: str) -> bool:
-        return any(code == pat or (pat.endswith("*") and code.startswith(pat[:-1])) for pat in task.outcome_codes)
-
     for name, o in OUTCOMES.items():
-        if all(covered(c) for c in o.codes) and o.new_only == task.new_only:
+        if all(matches_any(task.outcome_codes, c) for c in o.codes) and o.new_only == task.new_only:
             return name
     return None
 

@@ -1,9 +1,9 @@
 """Intrinsic quality on held-out subjects: loss/perplexity overall and by token family, next-token
 top-k accuracy, next-*event* top-k accuracy (Foresight's precision@k), and the n-gram baselines.
 
-Scored on one fixed set of held-out windows (`training.data.fixed_windows`: the windows the
-pretraining baselines use), every non-padding target after the first token of a window. A
-target's family is its token kind: `code`, `value_bin` (a numeric value's quantile bin),
+Scored on one fixed set of held-out windows (`tokenizer/prepared.py` `fixed_windows`: the windows
+the n-gram baselines use), every target of `model/loss.py`: each non-padding token after the first
+of a window. A target's family is its token kind: `code`, `value_bin` (a numeric value's quantile bin),
 `time_gap`, and `special` ([EOR]). Next-event accuracy counts only positions where the target is
 a code token, the prediction restricted to code tokens: "is the next event among the model's k
 most likely events?".
@@ -19,9 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from nightingale.evaluation.baselines import baseline_losses
 from nightingale.evaluation.metrics import top_k_accuracy
 from nightingale.model.folder import ModelDir
+from nightingale.model.loss import target_logprobs
 from nightingale.tokenizer import families as F
+from nightingale.tokenizer.prepared import fixed_windows, load_prepared
 
 log = logging.getLogger(__name__)
 KS = (1, 5, 10)
@@ -60,11 +63,7 @@ def score_windows(model, windows: np.ndarray, kinds: np.ndarray, batch_size: int
     with torch.inference_mode():
         for b in range(0, len(windows), batch_size):
             ids = torch.as_tensor(np.asarray(windows[b : b + batch_size], dtype=np.int64), device=device)
-            logits = model(input_ids=ids).logits[:, :-1].float().cpu()
-            tgt = ids[:, 1:].cpu()
-            keep = tgt != F.PAD_ID
-            logp = torch.log_softmax(logits[keep], dim=-1)
-            t = tgt[keep]
+            logp, t = target_logprobs(model(input_ids=ids).logits.cpu(), ids.cpu())
             nll = -logp.gather(1, t[:, None])[:, 0].numpy()
             fam = kinds[t.numpy()]
             for kind in np.unique(fam):
@@ -90,9 +89,6 @@ def evaluate_intrinsic(model_dir: str | Path, data_dir: str | Path, cfg: Intrins
                        device: str = "cpu") -> dict[str, Any]:
     """Held-out loss, perplexity (overall and by family), top-k accuracies and baseline losses of
     the model in `model_dir` on the prepared corpus `data_dir`."""
-    from nightingale.training.baselines import baseline_losses
-    from nightingale.training.data import fixed_windows, load_prepared
-
     ctx = ModelDir(model_dir).context_length
     data = load_prepared(data_dir, ctx)
     if data.held_out is None or len(data.held_out) == 0:

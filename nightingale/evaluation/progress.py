@@ -1,4 +1,6 @@
-"""Progress display for long evaluation steps (tqdm on stderr; silent when disabled)."""
+"""Progress display for long evaluation steps: a tqdm bar on stderr for a step with a known
+count, log records (INFO) for the others, as they start (when enabled) and end (always, with the
+time taken). The stage (eval/evaluate.py) shows the records through Hydra's logging setup."""
 
 from __future__ import annotations
 
@@ -39,10 +41,9 @@ class Progress:
 
     @contextlib.contextmanager
     def status(self, what: str) -> Iterator[None]:
+        """Log `what` as it starts (when enabled) and, always, its duration in seconds."""
         t0 = time.perf_counter()
         if self.enabled:
-            print(f"{what} ...", file=sys.stderr, flush=True)
+            log.info("%s ...", what)
         yield
-        log.info("%s: %.1f s", what, time.perf_counter() - t0)
-        if self.enabled:
-            print(f"{what}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        log.info("%s: done in %.1f s", what, time.perf_counter() - t0)

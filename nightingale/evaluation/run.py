@@ -1,75 +1,52 @@
 """Evaluate a model directory end to end and apply the gate (what eval/evaluate.py calls).
 
-`run_evaluation` returns the report; it writes `<model_dir>/evaluation/` (atomically) and
-`<model_dir>/gate_report.json`. The caller (the stage) turns a failed gate into a non-zero exit.
+`run_evaluation(EvalConfig.from_mapping(...))` returns the report; it writes
+`<model_dir>/evaluation/` (atomically) and `<model_dir>/gate_report.json`. The caller (the stage)
+turns a failed gate into a non-zero exit.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from nightingale.atomic import atomic_dir
+from nightingale.evaluation.config import EvalConfig
 from nightingale.evaluation.gate import apply_gate, load_gate
-from nightingale.evaluation.harness import Harness, SyntheticConfig, TasksConfig, _clean
-from nightingale.evaluation.intrinsic import IntrinsicConfig
+from nightingale.evaluation.harness import Harness, _clean
 from nightingale.evaluation.report import task_plots, write_gate, write_outputs
 from nightingale.evaluation.tasks import load_tasks
-from nightingale.evaluation.zeroshot import ZeroShotConfig
 from nightingale.model.folder import ModelDir
 
 log = logging.getLogger(__name__)
 REPORT_DIR = "evaluation"
 
 
-def _section(cls, m: Mapping[str, Any] | None, name: str):
-    if m is None:
-        return None
-    m = dict(m)
-    enabled = m.pop("enabled", True)
-    if not enabled:
-        return None
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(m) - known)
-    if unknown:
-        raise ValueError(f"eval.{name}: unknown field(s) {unknown}; allowed {sorted(known | {'enabled'})}")
-    return cls(**m)
-
-
-def run_evaluation(model_dir: str | Path, data_dir: str | Path, meds_dir: str | Path, *,
-                   tasks: str | Path | None, gate: str | Path,
-                   intrinsic: Mapping[str, Any] | None = None, zeroshot: Mapping[str, Any] | None = None,
-                   task_scoring: Mapping[str, Any] | None = None, synthetic: Mapping[str, Any] | None = None,
-                   engine: Mapping[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    model_dir = ModelDir(model_dir).path  # refuses a folder without config, weights, tokenizer, vocabulary
-    checks = load_gate(gate)  # a bad gate file fails before hours of evaluation
-    icfg = _section(IntrinsicConfig, intrinsic, "intrinsic")
-    zcfg = _section(ZeroShotConfig, zeroshot, "zeroshot")
-    tcfg = _section(TasksConfig, task_scoring or {}, "task_scoring") or TasksConfig()
-    scfg = _section(SyntheticConfig, synthetic, "synthetic")
-    task_defs = load_tasks(tasks) if (tasks and zcfg) else {}
+def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
+    """Score the model, apply the gate and write the report; returns the report (its "gate" entry
+    says passed and which checks failed)."""
+    model_dir = ModelDir(cfg.model_dir).path  # refuses a folder without config, weights, tokenizer, vocabulary
+    checks = load_gate(cfg.gate)  # a bad gate file fails before hours of evaluation
+    task_defs = load_tasks(cfg.task_dir) if (cfg.task_dir and cfg.zeroshot) else {}
     t_start = time.perf_counter()
     report: dict[str, Any] = {
-        "model_dir": str(model_dir), "data_dir": str(data_dir), "meds_dir": str(meds_dir),
-        "gate_file": str(gate), "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model_dir": str(model_dir), "data_dir": str(cfg.data_dir), "meds_dir": str(cfg.meds_dir),
+        "gate_file": str(cfg.gate), "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     with atomic_dir(model_dir / REPORT_DIR, overwrite=True) as work:
-        h = Harness(model_dir, data_dir, meds_dir, work, engine_cfg=engine, progress=progress)
+        h = Harness(model_dir, cfg.data_dir, cfg.meds_dir, work, engine_cfg=cfg.engine, progress=cfg.progress)
         try:
-            if icfg:
-                report["intrinsic"] = h.intrinsic(icfg)
+            if cfg.intrinsic:
+                report["intrinsic"] = h.intrinsic(cfg.intrinsic)
             if task_defs:
-                report["tasks"] = h.tasks(task_defs, zcfg, tcfg)
+                report["tasks"] = h.tasks(task_defs, cfg.zeroshot, cfg.task_scoring)
                 for name, entry in report["tasks"].items():
                     entry["plots"] = task_plots(name, entry, work / "plots")
                     entry.pop("_preds", None)
-            if scfg:
-                report["synthetic"] = h.synthetic(scfg)
+            if cfg.synthetic:
+                report["synthetic"] = h.synthetic(cfg.synthetic)
         finally:
             h.close()
         report["timings"] = {**h.timings, "total_s": time.perf_counter() - t_start}

@@ -65,7 +65,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,8 @@ import polars as pl
 import yaml
 
 from nightingale import schema as S
+from nightingale.config import check_fields
+from nightingale.data.codes import check_code_patterns, match_codes
 from nightingale.data.meds_io import MEDSDataset
 from nightingale.evaluation.external_tasks import (
     AcesTask,
@@ -83,6 +85,14 @@ from nightingale.evaluation.external_tasks import (
     is_label_file_task,
     load_aces_task,
     load_label_file_task,
+)
+from nightingale.evaluation.labels import (  # noqa: F401 (draw_keys: part of this module's API)
+    LabelReport,
+    draw_end,
+    draw_keys,
+    draw_one_per_subject,
+    draw_rule,
+    observation_end,
 )
 
 log = logging.getLogger(__name__)
@@ -132,9 +142,7 @@ class Task:
             kind = type(mapping).__name__
             raise ValueError(f"{source}: a task must be a mapping of fields, got {kind}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(mapping) - set(fields))
-        if unknown:
-            raise ValueError(f"{source}: unknown field(s) {unknown}; allowed: {sorted(fields)}")
+        check_fields(mapping, fields, source)
         for name, f in fields.items():
             if f.default is dataclasses.MISSING and name not in mapping:
                 raise ValueError(f"{source}: field '{name}' is required")
@@ -191,15 +199,6 @@ def _check(task: Task) -> None:
             raise bad(field, f"must be an integer >= {low}, got {v!r}")
 
 
-def check_code_patterns(codes: Any) -> str | None:
-    """Why `codes` is not a tuple of codes or prefixes ending in ``*``, or None if it is."""
-    if not isinstance(codes, tuple) or not all(
-        isinstance(c, str) and c.rstrip("*") and "*" not in c[:-1] for c in codes
-    ):
-        return f"must be a list of codes or prefixes ending in '*', got {codes!r}"
-    return None
-
-
 def load_task(path: str | Path) -> Task | AcesTask | LabelFileTask:
     """One task from a YAML file: the built-in format, an ACES task config (it has `trigger` and
     `windows`) or a label-file task (it has `labels`); see external_tasks.py for the latter two.
@@ -235,99 +234,6 @@ def load_tasks(paths: str | Path | Iterable[str | Path]) -> dict[str, Task | Ace
             raise ValueError(f"{f}: field 'name': task {task.name!r} is defined twice")
         tasks[task.name] = task
     return tasks
-
-
-def match_codes(codes: Sequence[str]) -> pl.Expr:
-    """Boolean expression: `code` equals one of `codes` or starts with a prefix given as ``X*``."""
-    exact = [c for c in codes if not c.endswith("*")]
-    expr = pl.col(S.CODE).is_in(exact)
-    for c in codes:
-        if c.endswith("*"):
-            expr = expr | pl.col(S.CODE).str.starts_with(c[:-1])
-    return expr
-
-
-def draw_keys(subject_ids: np.ndarray, times_us: np.ndarray, seed: int) -> np.ndarray:
-    """Stable pseudo-random uint64 keys of (subject id, time in us since the epoch, seed).
-
-    SplitMix64 finalisers (Steele et al., OOPSLA 2014), so the keys are the same across library
-    versions and platforms, unlike polars' `hash`. A draw keeps the candidate with the smallest key
-    per subject: uniform over the subject's distinct candidate times, and independent of every
-    other subject in the frame.
-    """
-
-    def mix(x: np.ndarray) -> np.ndarray:
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-    golden = np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        x = mix(np.asarray(subject_ids).astype(np.uint64) + golden * np.uint64((seed + 1) % 2**64))
-        return mix((x ^ np.asarray(times_us).astype(np.uint64)) + golden)
-
-
-def draw_one_per_subject(rows: pl.DataFrame, seed: int, until: dt.datetime | None = None,
-                         time_col: str = S.PREDICTION_TIME, draws: int = 1) -> pl.DataFrame:
-    """One row per subject, chosen without looking past it (see the module docstring): a date D
-    uniform between the subject's first candidate time and the last date the draw may pick, then
-    the first candidate at or after D. That last date is `until` (the observation end less the
-    horizon, where known) or, without it, the subject's last candidate; where it is before the
-    first candidate, D is the first candidate. A subject with no candidate in [D, until] gives no
-    row. With `draws` > 1, that many independent dates per subject (a time drawn twice is kept
-    once). The built-in tasks and ACES tasks draw alike."""
-    if rows.is_empty():
-        return rows
-    t = pl.col(time_col).cast(pl.Datetime("us")).cast(pl.Int64)
-    hi = t if until is None else pl.lit(until).cast(pl.Datetime("us")).cast(pl.Int64)
-    per = rows.group_by(S.SUBJECT_ID).agg(t.min().alias("_lo"), hi.max().alias("_hi")).sort(S.SUBJECT_ID)
-    sid = np.tile(per[S.SUBJECT_ID].to_numpy(), draws)
-    draw = np.repeat(np.arange(draws, dtype=np.int64), len(per))
-    u = draw_keys(sid, draw, seed).astype(np.float64) / 2.0**64  # draw 0: the single draw's date
-    lo, end = np.tile(per["_lo"].to_numpy(), draws), np.tile(per["_hi"].to_numpy(), draws)
-    dates = pl.DataFrame({S.SUBJECT_ID: pl.Series(sid, dtype=rows.schema[S.SUBJECT_ID]), "_draw": draw,
-                          "_d": lo + (u * np.maximum(end - lo, 0)).astype(np.int64), "_end": np.maximum(end, lo)})
-    return (rows.join(dates, on=S.SUBJECT_ID)
-            .filter((t >= pl.col("_d")) & (t <= pl.col("_end")))
-            .sort(S.SUBJECT_ID, "_draw", time_col).unique([S.SUBJECT_ID, "_draw"], keep="first", maintain_order=True)
-            .drop("_draw", "_d", "_end").unique([S.SUBJECT_ID, time_col], maintain_order=True)
-            .sort(S.SUBJECT_ID, time_col))
-
-
-def draw_rule(end_known: bool, draws: int = 1) -> str:
-    """How `draw_one_per_subject` chose, in words for label reports."""
-    bound = ("the observation end less the horizon (looks at no later event)" if end_known
-             else "the subject's last candidate (the observation end is unknown)")
-    return f"{draws} draw(s) per subject: the first candidate at or after a uniform date up to {bound}"
-
-
-def draw_end(horizon_days: float, observation_end: dt.datetime | None) -> dt.datetime | None:
-    """The last date a one-per-subject draw may pick where the observation end is known: that end
-    less the horizon (None where it is not known: each subject's record bounds its own draw)."""
-    return None if observation_end is None else observation_end - dt.timedelta(days=horizon_days)
-
-
-@dataclass(frozen=True)
-class LabelReport:
-    """Counts from one labelling run (no identifiers). candidates: prediction times after the draw;
-    then excluded_new_only, censored, and kept = candidates - both; positives among kept."""
-
-    task: str
-    subjects: int
-    candidates: int
-    excluded_new_only: int
-    censored: int
-    kept: int
-    positives: int
-    censoring: str = "on the last event of each record"
-    draw: str = "every candidate time"
-
-    @property
-    def prevalence(self) -> float:
-        return self.positives / self.kept if self.kept else float("nan")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "prevalence": self.prevalence}
 
 
 def _summaries(task: Task, timed: pl.LazyFrame) -> pl.LazyFrame:
@@ -477,17 +383,3 @@ def label_dataset(
         raise ValueError(f"split: {dataset.root} has no subjects in split {split!r}")
     return build_labels(task, dataset.scan(), ids, return_report=return_report,
                         observation_end=observation_end(dataset))
-
-
-def observation_end(dataset: MEDSDataset) -> dt.datetime | None:
-    """The time every living subject of `dataset` is observed until, when its dataset.json says
-    (`observation_end`, naive ISO 8601); None otherwise."""
-    value = dataset.metadata().get("observation_end")
-    if value is None:
-        return None
-    try:
-        end = dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        raise ValueError(f"{dataset.root / S.DATASET_FILE}: field 'observation_end': {value!r} is not an "
-                         "ISO 8601 date-time") from None
-    return end.replace(tzinfo=None) if end.tzinfo is None else end.astimezone(dt.timezone.utc).replace(tzinfo=None)

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from nightingale import schema as S
+from nightingale.config import check_choice, check_ints
 from nightingale.evaluation.metrics import auroc
 from nightingale.inference.engine import Engine
 from nightingale.inference.forecast import (
@@ -55,11 +56,8 @@ class ZeroShotConfig:
     trajectories: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("rollouts", "batch", "max_new_tokens", "reserve_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ZeroShotConfig.{name}: must be >= 1, got {getattr(self, name)!r}")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"ZeroShotConfig.estimator: {self.estimator!r}; allowed {list(ESTIMATORS)}")
+        check_ints(self, ("rollouts", "batch", "max_new_tokens", "reserve_tokens"), "ZeroShotConfig")
+        check_choice("ZeroShotConfig.estimator", self.estimator, ESTIMATORS)
 
     def forecast_config(self) -> ForecastConfig:
         return ForecastConfig(estimator=self.estimator, rollouts=self.rollouts, max_new_tokens=self.max_new_tokens,

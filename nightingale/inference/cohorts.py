@@ -31,6 +31,7 @@ import polars as pl
 
 from nightingale import schema as S
 from nightingale.atomic import atomic_file
+from nightingale.config import check_ints
 from nightingale.data.meds_io import MEDSDataset, MEDSWriter
 from nightingale.inference.engine import Engine, Sampling
 from nightingale.inference.prompts import body_banned_ids
@@ -61,9 +62,7 @@ class CohortSpec:
     first_static_family: str = "SEX"
 
     def __post_init__(self) -> None:
-        for name in ("n_patients", "max_new_tokens", "shard_size", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"CohortSpec.{name}: must be >= 1, got {getattr(self, name)!r}")
+        check_ints(self, ("n_patients", "max_new_tokens", "shard_size", "batch_size"), "CohortSpec")
         if self.age_min is not None and self.age_max is not None and self.age_min >= self.age_max:
             raise ValueError(f"CohortSpec.age_min: {self.age_min} must be below age_max {self.age_max}")
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from nightingale.config import build, check_choice, check_ints
 from nightingale.model.folder import ModelDir
 from nightingale.tokenizer.vocabulary import Vocabulary
 
@@ -72,23 +73,15 @@ class EngineConfig:
     cache_root: str | None = None
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"EngineConfig.dtype: {self.dtype!r}; allowed {DTYPES}")
-        for name in ("max_num_seqs", "max_pending"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"EngineConfig.{name}: must be >= 1, got {getattr(self, name)!r}")
-        if self.max_model_len is not None and int(self.max_model_len) < 8:
-            raise ValueError(f"EngineConfig.max_model_len: null or >= 8, got {self.max_model_len!r}")
+        check_choice("EngineConfig.dtype", self.dtype, DTYPES)
+        check_ints(self, ("max_num_seqs", "max_pending"), "EngineConfig")
+        check_ints(self, ("max_model_len",), "EngineConfig", low=8, optional=True)
         if not (float(self.kv_cache_gib).is_integer() and 1 <= self.kv_cache_gib <= 1024):
             raise ValueError(f"EngineConfig.kv_cache_gib: a whole number of GiB in [1, 1024], got {self.kv_cache_gib!r}")
 
     @classmethod
     def from_mapping(cls, m: dict[str, Any]) -> EngineConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(m) - known)
-        if unknown:
-            raise ValueError(f"EngineConfig: unknown field(s) {unknown}; allowed {sorted(known)}")
-        return cls(**dict(m))
+        return build(cls, m, "EngineConfig")
 
 
 # Event-loop turns for vLLM's tasks to take their cancellation (cancel_task_threadsafe schedules

@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from nightingale.config import check_choice, check_ints
 from nightingale.inference.engine import MAX_TRACKED_IDS, Engine
 from nightingale.inference.prompts import Prompt, resolve_outcome_codes
 from nightingale.inference.risk import RiskEstimate, t_interval, wilson_interval
@@ -76,11 +77,8 @@ class ForecastConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator: {self.estimator!r}; allowed {list(ESTIMATORS)}")
-        for name in ("rollouts", "max_new_tokens", "reserve_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)!r}")
+        check_choice("ForecastConfig.estimator", self.estimator, ESTIMATORS)
+        check_ints(self, ("rollouts", "max_new_tokens", "reserve_tokens"), "ForecastConfig")
 
 
 def outcome_token_ids(vocab: Vocabulary, outcomes: Mapping[str, Sequence[str]], *,

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from nightingale import schema as S
+from nightingale.data.codes import CodePattern
 from nightingale.tokenizer import families as F
 from nightingale.tokenizer.corpus import window_room
 from nightingale.tokenizer.encode import encode_events
@@ -138,14 +139,7 @@ def build_prompt(
 def resolve_outcome_codes(vocab: Vocabulary, codes: Sequence[str]) -> dict[str, list[int]]:
     """Token ids of outcome codes: an exact vocabulary code, or a prefix ending in ``*``
     (``ICD10//I2*``: every code token starting ``ICD10//I2``). Codes matching nothing map to []."""
-    out: dict[str, list[int]] = {}
-    for c in codes:
-        if c.endswith("*"):
-            stem = c[:-1]
-            out[c] = [i for code, i in vocab.code_to_id.items() if code.startswith(stem)]
-        else:
-            out[c] = [vocab.code_to_id[c]] if c in vocab.code_to_id else []
-    return out
+    return {c: CodePattern(c).ids(vocab.code_to_id) for c in codes}
 
 
 def body_banned_ids(vocab: Vocabulary) -> tuple[int, ...]:

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nightingale import schema as S
+from nightingale.config import check_ints
 from nightingale.inference.engine import Engine, Sampling
 from nightingale.inference.prompts import Prompt, body_banned_ids
 from nightingale.tokenizer import families as F
@@ -85,9 +86,7 @@ class RolloutConfig:
     tracked_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("n", "max_new_tokens", "reserve_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"RolloutConfig.{name}: must be >= 1, got {getattr(self, name)!r}")
+        check_ints(self, ("n", "max_new_tokens", "reserve_tokens"), "RolloutConfig")
         if not self.horizon_s > 0:
             raise ValueError(f"RolloutConfig.horizon_s: must be > 0, got {self.horizon_s!r}")
         if not self.temperature > 0 or not 0 < self.top_p <= 1:

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from nightingale.config import build, check_ints
+
 # configs/model/ of the checkout; NIGHTINGALE_CONFIGS points elsewhere (an installed package).
 CONFIG_ROOT = Path(os.environ.get("NIGHTINGALE_CONFIGS", Path(__file__).resolve().parents[2] / "configs"))
 PRESETS = ("tiny", "small", "base", "large")
@@ -45,10 +47,8 @@ class ModelConfig:
     vocab_size: int | None = None
 
     def __post_init__(self) -> None:
-        for field in ("hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size", "context_length"):
-            v = getattr(self, field)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"ModelConfig.{field}: a positive integer, got {v!r}")
+        check_ints(self, ("hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size", "context_length"),
+                   "ModelConfig")
         if self.hidden_size % self.n_heads:
             raise ValueError(
                 f"ModelConfig.hidden_size: {self.hidden_size} is not divisible by n_heads={self.n_heads}"
@@ -57,19 +57,14 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.n_kv_heads: {self.n_kv_heads} must divide n_heads={self.n_heads}"
             )
-        if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size < 5):
-            raise ValueError(f"ModelConfig.vocab_size: null or an integer >= 5, got {self.vocab_size!r}")
+        check_ints(self, ("vocab_size",), "ModelConfig", low=5, optional=True)
         if not self.rope_theta > 0 or not self.rms_norm_eps > 0 or not self.init_std > 0:
             raise ValueError("ModelConfig.rope_theta / rms_norm_eps / init_std: must be > 0")
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(m) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown field(s) {unknown}; allowed {sorted(known)}")
-        return cls(**dict(m))
+        return build(cls, m, "ModelConfig")
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:

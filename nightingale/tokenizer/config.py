@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from nightingale.config import build, check_ints
+
 # Seconds per unit of the time-ladder strings; a month is 1/12 of a Julian year.
 _YEAR_S = 365.25 * 86400
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": _YEAR_S / 12, "y": _YEAR_S}
@@ -67,19 +69,10 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "time_ladder", tuple(str(t) for t in self.time_ladder))
-        for name, low in (
-            ("min_count", 1),
-            ("n_value_bins", 1),
-            ("min_value_count", 1),
-            ("max_values_per_code", 2),
-            ("age_band_years", 1),
-            ("max_age_years", 1),
-            ("stem_length", 0),
-            ("summary_tokens", 0),
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"TokenizerConfig.{name}: must be an integer >= {low}, got {value!r}")
+        check_ints(self, ("min_count", "n_value_bins", "min_value_count", "age_band_years", "max_age_years"),
+                   "TokenizerConfig")
+        check_ints(self, ("max_values_per_code",), "TokenizerConfig", low=2)
+        check_ints(self, ("stem_length", "summary_tokens"), "TokenizerConfig", low=0)
         if not isinstance(self.age_in_timeline, bool):
             raise ValueError(f"TokenizerConfig.age_in_timeline: must be true or false, got {self.age_in_timeline!r}")
         if self.n_value_bins > 100:
@@ -100,11 +93,7 @@ class TokenizerConfig:
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> TokenizerConfig:
         """Build from a plain mapping (e.g. a Hydra node); unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(mapping) - names
-        if unknown:
-            raise ValueError(f"TokenizerConfig: unknown field(s) {sorted(unknown)}; allowed {sorted(names)}")
-        return cls(**dict(mapping))
+        return build(cls, mapping, "TokenizerConfig")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

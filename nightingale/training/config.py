@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nightingale.config import check_choice, check_fields, check_ints, field_names
 from nightingale.model.config import ModelConfig
 
 PRECISIONS = ("fp32", "bf16")
@@ -30,7 +31,6 @@ class TrainConfig:
     checkpoint_every / keep_checkpoints: periodic checkpoints, the latest k kept.
     peak_flops: peak FLOP/s of one device for MFU; None looks the device up (GPUs) or skips MFU.
     zero_stage, deepspeed: ZeRO stage and extra DeepSpeed config entries (configs/deepspeed/).
-    nan_at_step: fault injection for tests: the loss of that step is replaced by NaN.
     """
 
     data_dir: Path
@@ -64,7 +64,6 @@ class TrainConfig:
     wandb_name: str | None = None
     progress: bool = True
     export: bool = True
-    nan_at_step: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -72,11 +71,8 @@ class TrainConfig:
         if self.export_dir is not None:
             object.__setattr__(self, "export_dir", Path(self.export_dir))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        for f in ("max_steps", "micro_batch_size", "grad_accum", "eval_every", "eval_windows",
-                  "log_every", "checkpoint_every", "keep_checkpoints"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"train.{f}: a positive integer, got {v!r}")
+        check_ints(self, ("max_steps", "micro_batch_size", "grad_accum", "eval_every", "eval_windows",
+                          "log_every", "checkpoint_every", "keep_checkpoints"), "train")
         if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= self.max_steps:
             raise ValueError(f"train.warmup_steps: an integer in [0, max_steps={self.max_steps}], got {self.warmup_steps!r}")
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
@@ -87,12 +83,9 @@ class TrainConfig:
             raise ValueError("train.weight_decay / train.grad_clip: must be >= 0 (grad_clip 0 = off)")
         if not isinstance(self.pack, bool):
             raise ValueError(f"train.pack: true or false, got {self.pack!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"train.precision: {self.precision!r}; allowed {PRECISIONS}")
-        if self.zero_stage not in ZERO_STAGES:
-            raise ValueError(f"deepspeed.zero_stage: {self.zero_stage!r}; allowed {ZERO_STAGES}")
-        if self.wandb_mode not in WANDB_MODES:
-            raise ValueError(f"wandb.mode: {self.wandb_mode!r}; allowed {WANDB_MODES}")
+        check_choice("train.precision", self.precision, PRECISIONS)
+        check_choice("deepspeed.zero_stage", self.zero_stage, ZERO_STAGES)
+        check_choice("wandb.mode", self.wandb_mode, WANDB_MODES)
         if self.peak_flops is not None and not self.peak_flops > 0:
             raise ValueError(f"train.peak_flops: null or > 0 FLOP/s, got {self.peak_flops!r}")
 
@@ -112,15 +105,10 @@ class TrainConfig:
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> TrainConfig:
         """From a plain mapping (Hydra's resolved config, flattened by train/train.py)."""
-        m = dict(m)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(m) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown field(s) {unknown}; allowed {sorted(known)}")
+        check_fields(m, field_names(cls), "TrainConfig")
         model = m.get("model", ModelConfig())
         if isinstance(model, str):
             model = ModelConfig.from_name(model)
         elif isinstance(model, Mapping):
             model = ModelConfig.from_mapping(model)
-        m["model"] = model
-        return cls(**m)
+        return cls(**{**m, "model": model})

@@ -23,17 +23,13 @@ import torch
 
 from nightingale.atomic import write_json_atomic
 from nightingale.model import build_model, config_hash, export_model
+from nightingale.model.loss import target_nll
 from nightingale.tokenizer.corpus import PackedSampler, WindowSampler
+from nightingale.tokenizer.prepared import fixed_windows, load_prepared
 from nightingale.training import distributed as dist
 from nightingale.training.checkpoint import Checkpointer
 from nightingale.training.config import TrainConfig
-from nightingale.training.data import (
-    IGNORE_INDEX,
-    StepBatches,
-    fixed_windows,
-    load_prepared,
-    to_batch,
-)
+from nightingale.training.data import StepBatches, to_batch
 from nightingale.training.engine import build_engine, gathered_state_dict
 from nightingale.training.metrics import MetricsLogger, ProgressDisplay, device_peak_flops, mfu
 
@@ -83,9 +79,9 @@ def check_run_dir(run_dir: Path) -> None:
 
 
 def eval_loss(engine, windows: np.ndarray, micro: int, env: dist.DistEnv, device) -> float:
-    """Token-weighted mean loss (nats/token) over fixed windows, split across ranks. Every rank
-    runs the same number of forwards (ZeRO-3 gathers weights collectively): short ranks pad
-    with fully-masked windows."""
+    """Token-weighted mean loss (nats/token, `model/loss.py` targets) over fixed windows, split
+    across ranks. Every rank runs the same number of forwards (ZeRO-3 gathers weights
+    collectively): short ranks repeat a window and do not count it."""
     n = len(windows)
     if n == 0:
         return float("nan")
@@ -96,12 +92,11 @@ def eval_loss(engine, windows: np.ndarray, micro: int, env: dist.DistEnv, device
     with torch.no_grad():
         for b in range(0, per, micro):
             ids = idx[b : b + micro]
-            batch = to_batch(windows[np.where(ids < n, ids, 0)], device)
-            batch["labels"][torch.as_tensor(ids >= n)] = IGNORE_INDEX
-            loss = engine(**batch).loss
-            k = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            if k:
-                total, count = total + float(loss) * k, count + k
+            real = ids < n
+            rows = torch.as_tensor(np.asarray(windows[np.where(real, ids, 0)], dtype=np.int64), device=device)
+            keep = torch.as_tensor(real, device=device)
+            nll = target_nll(engine(input_ids=rows).logits[keep], rows[keep])
+            total, count = total + float(nll.sum()), count + len(nll)
     engine.train()
     total, count = dist.all_reduce([total, count])
     return total / count if count else float("nan")
@@ -172,8 +167,6 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
             loss_sum = 0.0
             for i, (rows, positions) in enumerate(micro_batches):
                 loss = engine(**to_batch(rows, device, positions if cfg.pack else None)).loss
-                if cfg.nan_at_step == step + 1:
-                    loss = loss * float("nan")
                 engine.backward(loss)
                 loss_sum += float(loss.detach())
                 if i < len(micro_batches) - 1:

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from nightingale.api.process import ServerProcess
+from serve.process import ServerProcess
 
 pytestmark = pytest.mark.slow
 KEY = "sk-shutdown-test"
@@ -30,7 +30,7 @@ def _queue_depth(url: str) -> float:
 def test_sigterm_finishes_the_in_flight_request_then_exits(server, tmp_path):
     audit = tmp_path / "audit.jsonl"
     srv = ServerProcess(
-        [f"serve.model.model_dir={server.cfg.model.model_dir}", "serve.api_keys_env=NG_SHUTDOWN_KEYS",
+        [f"model_dir={server.cfg.model.model_dir}", "serve.api_keys_env=NG_SHUTDOWN_KEYS",
          f"serve.audit_log={audit}", f"serve.cohorts_dir={tmp_path / 'cohorts'}",
          "graceful_timeout_s=120", f"hydra.run.dir={tmp_path / 'hydra'}", "log_level=warning"],
         env={"NG_SHUTDOWN_KEYS": f"shut:{KEY}:forecast"}, log_path=tmp_path / "server.log",

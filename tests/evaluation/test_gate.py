@@ -67,7 +67,7 @@ def test_bad_gate_files_name_the_entry_and_field(tmp_path):
 
 
 def test_default_gate_file_loads():
-    checks = load_gate(REPO / "configs" / "gate" / "default.yaml")
+    checks = load_gate(REPO / "configs" / "eval" / "gates" / "default.yaml")
     assert {"beats_bigram", "task_discrimination", "cohort_privacy"} <= {c.name for c in checks}
 
 
@@ -89,7 +89,7 @@ def test_the_server_reads_what_the_gate_writes(tmp_path):
 
 def test_the_default_gate_fails_a_model_that_loses_to_the_baseline_and_says_so():
     """Item 7 of issue 13: AUROC >= the baseline's less 0.03 and a Brier skill > 0, per gated task."""
-    checks = [c for c in load_gate(REPO / "configs" / "gate" / "default.yaml")
+    checks = [c for c in load_gate(REPO / "configs" / "eval" / "gates" / "default.yaml")
               if c.name in ("task_vs_baseline", "task_brier_skill")]
     assert len(checks) == 2
 

@@ -33,7 +33,7 @@ PREDICTION_COLUMNS = ["subject_id", "prediction_time", "boolean_value", "predict
 
 def _evaluate(model_dir: Path, root: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "eval" / "evaluate.py"), "--config-name", "quick",
+        [sys.executable, str(REPO / "eval" / "evaluate.py"), "experiment=quick",
          f"model_dir={model_dir}", f"data_dir={root / 'prep'}", f"meds_dir={root / 'meds'}",
          "progress=false", "zeroshot.rollouts=8", "synthetic.patients=40", "intrinsic.max_windows=64",
          f"hydra.run.dir={tmp / 'hydra'}", *extra],
@@ -243,9 +243,9 @@ def test_aces_mortality_on_the_mimic_demo_end_to_end(mimic_demo, tmp_path):
     """The shipped ACES MIMIC-IV task through eval/evaluate.py on the real demo: prepare it, export a
     (random-weights) model with its vocabulary, score the task's held-out rows and the baseline.
     What is checked is the path, not the figures: 100 patients cannot say how good a model is."""
-    from nightingale.data import prepare as P
     from nightingale.model import ModelConfig, build_model, export_model
     from nightingale.tokenizer import Vocabulary
+    from nightingale.tokenizer import prepare as P
 
     prep = tmp_path / "prep"
     P.prepare(P.PrepareConfig(meds_dir=mimic_demo, out_dir=prep, show_progress=False))
@@ -256,7 +256,7 @@ def test_aces_mortality_on_the_mimic_demo_end_to_end(mimic_demo, tmp_path):
     model = Path(export_model(build_model(cfg, seed=0).state_dict(), cfg, vocab, tmp_path / "model"))
     task = REPO / "configs" / "eval" / "tasks" / "aces" / "mimic" / "mortality_1y.yaml"
     r = subprocess.run(
-        [sys.executable, str(REPO / "eval" / "evaluate.py"), "--config-name", "quick", f"model_dir={model}",
+        [sys.executable, str(REPO / "eval" / "evaluate.py"), "experiment=quick", f"model_dir={model}",
          f"data_dir={prep}", f"meds_dir={mimic_demo}", f"task_dir={task}", "progress=false",
          "zeroshot.rollouts=2", "zeroshot.max_new_tokens=128", "intrinsic.enabled=false",
          "synthetic.enabled=false", f"hydra.run.dir={tmp_path / 'hydra'}"],

@@ -90,7 +90,9 @@ def test_rollouts_stop_at_horizon_inside_the_engine(server, engine, vocab):
 def test_rollouts_continue_past_the_context(server, engine, vocab):
     """A horizon the context cannot hold: the rollout is continued in further requests (sliding
     window) and still ends at death or the horizon, never at the token budget."""
-    cfg = RolloutConfig(n=4, horizon_s=8 * YEAR_S, max_new_tokens=4000, seed=2, reserve_tokens=32)
+    # 30 years: the test model writes ~150-300 tokens over 8 years, about its 256-token context, so
+    # 8 years left it to chance whether any rollout had to be continued at all
+    cfg = RolloutConfig(n=4, horizon_s=30 * YEAR_S, max_new_tokens=4000, seed=2, reserve_tokens=32)
     rolls = server.run(sample_rollouts(engine, [prompt(vocab)], cfg))[0]
     assert all(r.end in (HORIZON, DEATH) for r in rolls)
     assert any(len(r.tokens) > engine.max_model_len for r in rolls) or all(r.end == DEATH for r in rolls)

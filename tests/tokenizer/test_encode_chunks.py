@@ -10,9 +10,9 @@ import polars as pl
 import pyarrow as pa
 
 from nightingale import schema as S
-from nightingale.data import prepare as P
 from nightingale.data.meds_io import MEDSDataset
 from nightingale.tokenizer import TokenizerConfig
+from nightingale.tokenizer import prepare as P
 from nightingale.tokenizer.encode import CodeLookup, encode_events
 
 from .conftest import make_events, write_dataset

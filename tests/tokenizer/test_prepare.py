@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nightingale.data import prepare as P
 from nightingale.tokenizer import TokenizerConfig, Vocabulary
+from nightingale.tokenizer import prepare as P
 from nightingale.tokenizer.corpus import TokenCorpus
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from nightingale.data.prepare import PrepareConfig, prepare
 from nightingale.data.simulator.config import SimulatorConfig
 from nightingale.data.simulator.simulate import simulate
+from nightingale.tokenizer.prepare import PrepareConfig, prepare
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -38,15 +38,20 @@ def sim_prep(tmp_path_factory) -> Path:
     return _prepared(tmp_path_factory.mktemp("sim"), 500)
 
 
-def launch(data_dir: Path, run_dir: Path, *overrides: str, nproc: int = 2) -> subprocess.Popen:
+def launch(data_dir: Path, run_dir: Path, *overrides: str, nproc: int = 2,
+           nan_at_step: int | None = None) -> subprocess.Popen:
     """Start a 2-rank DeepSpeed training job (smoke settings + overrides); stdout+stderr go to
-    <run_dir>.log. Returns the torchrun process (leader of its own process group)."""
+    <run_dir>.log. Returns the torchrun process (leader of its own process group).
+    nan_at_step: the loss of that step becomes NaN (faulty_train.py injects it)."""
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
            "PYTHONUNBUFFERED": "1"}
+    script = REPO / "train" / "train.py"
+    if nan_at_step is not None:
+        env["NIGHTINGALE_TEST_NAN_AT_STEP"] = str(nan_at_step)
+        script = Path(__file__).with_name("faulty_train.py")
     _port[0] += 1
     cmd = [str(TORCHRUN), f"--nproc_per_node={nproc}", f"--master_port={_port[0]}",
-           str(REPO / "train" / "train.py"), "train=smoke", f"data_dir={data_dir}", f"run_dir={run_dir}",
-           *overrides]
+           str(script), "train=smoke", f"data_dir={data_dir}", f"run_dir={run_dir}", *overrides]
     log = open(f"{run_dir}.log", "ab")
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -67,9 +72,10 @@ def signal_job(proc: subprocess.Popen, sig: int) -> None:
             pass
 
 
-def run_job(data_dir: Path, run_dir: Path, *overrides: str, timeout: float = 240) -> int:
+def run_job(data_dir: Path, run_dir: Path, *overrides: str, timeout: float = 240,
+            nan_at_step: int | None = None) -> int:
     """Launch and wait; returns the exit code."""
-    proc = launch(data_dir, run_dir, *overrides)
+    proc = launch(data_dir, run_dir, *overrides, nan_at_step=nan_at_step)
     try:
         return proc.wait(timeout=timeout)
     finally:

@@ -12,12 +12,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from nightingale import schema as S
+from nightingale.evaluation.baselines import NgramBaseline
 from nightingale.model import ModelConfig
 from nightingale.tokenizer import families as F
 from nightingale.tokenizer.corpus import PackedSampler, WindowSampler
-from nightingale.training.baselines import NgramBaseline
+from nightingale.tokenizer.prepared import load_prepared
 from nightingale.training.config import TrainConfig
-from nightingale.training.data import StepBatches, load_prepared
+from nightingale.training.data import StepBatches
 from nightingale.training.engine import deepspeed_config
 from nightingale.training.schedule import lr_factor
 from nightingale.training.trainer import train
@@ -39,8 +40,8 @@ def test_every_config_group_composes(model, ds, tmp_path):
     entry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(entry)
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
-        for train_group in ("default", "demo", "smoke"):
-            cfg = compose("train", overrides=[f"model={model}", f"deepspeed={ds}", f"train={train_group}",
+        for group in ("train=default", "experiment=demo", "experiment=quality", "train=smoke"):
+            cfg = compose("train", overrides=[f"model={model}", f"deepspeed={ds}", group,
                                                f"data_dir={tmp_path}", f"run_dir={tmp_path}/run", "wandb.mode=disabled"],
                           return_hydra_config=False)
             tcfg = entry.train_config(cfg)

@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from nightingale import schema as S
+from nightingale.config import check_ints
 from nightingale.data.meds_io import MEDSWriter
 from nightingale.data.omop.concepts import CONCEPT_ID, ConceptMap, build_codes
 from nightingale.data.omop.events import (
@@ -68,8 +69,7 @@ class OMOPImportConfig:
         self.cdm_version = str(self.cdm_version)
         if self.cdm_version not in CDM_VERSIONS:
             raise ValueError(f"cdm_version: {self.cdm_version!r} is not one of {CDM_VERSIONS}")
-        if not isinstance(self.shard_size, int) or self.shard_size < 1:
-            raise ValueError(f"shard_size: must be a positive integer, got {self.shard_size!r}")
+        check_ints(self, ("shard_size",), "OMOPImportConfig")
         fractions = dict(self.split_fractions)
         if set(fractions) != set(S.SPLITS) or any(v < 0 for v in fractions.values()):
             raise ValueError(
@@ -78,8 +78,7 @@ class OMOPImportConfig:
         if abs(sum(fractions.values()) - 1.0) > 1e-6:
             raise ValueError(f"split_fractions: must sum to 1, got {sum(fractions.values())}")
         self.split_fractions = fractions
-        if self.max_days_before_birth < 0:
-            raise ValueError("max_days_before_birth: must be >= 0")
+        check_ints(self, ("max_days_before_birth",), "OMOPImportConfig", low=0)
 
 
 def split_hash(ids: np.ndarray, seed: int) -> np.ndarray:

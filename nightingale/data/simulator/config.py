@@ -7,6 +7,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from nightingale.config import build, check_ints
+
 #: Length of one simulation step in seconds: a twelfth of a Julian year (30.4375 days).
 STEP_SECONDS = 2_629_800
 STEP_DAYS = STEP_SECONDS / 86_400.0
@@ -48,12 +50,8 @@ class SimulatorConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "start_date", _parse_date(self.start_date, "start_date"))
         object.__setattr__(self, "end_date", _parse_date(self.end_date, "end_date"))
-        for name in ("subjects", "shard_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"SimulatorConfig.{name}: must be a positive integer, got {v!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"SimulatorConfig.seed: must be a non-negative integer, got {self.seed!r}")
+        check_ints(self, ("subjects", "shard_size"), "SimulatorConfig")
+        check_ints(self, ("seed",), "SimulatorConfig", low=0)
         if self.end_date <= self.start_date:
             raise ValueError(
                 f"SimulatorConfig.end_date: {self.end_date} must be after start_date {self.start_date}"
@@ -92,8 +90,4 @@ class SimulatorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimulatorConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"SimulatorConfig: unknown field(s) {unknown}; allowed {sorted(fields)}")
-        return cls(**d)
+        return build(cls, d, "SimulatorConfig")

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from nightingale import schema as S
 from nightingale.atomic import atomic_file
+from nightingale.config import check_ints
 from nightingale.evaluation.synthetic.events import EventsLike, load_events
 from nightingale.evaluation.synthetic.fidelity import (
     events_per_subject,
@@ -64,16 +65,8 @@ class SyntheticEvalConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outcome_codes", tuple(self.outcome_codes))
-        for name in ("top_codes", "quality_top_codes", "cooccurrence_codes"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(
-                    f"SyntheticEvalConfig.{name}: must be >= 0, got {getattr(self, name)!r}"
-                )
-        for name in ("ngram_length", "quality_max_rows"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(
-                    f"SyntheticEvalConfig.{name}: must be >= 1, got {getattr(self, name)!r}"
-                )
+        check_ints(self, ("top_codes", "quality_top_codes", "cooccurrence_codes"), "SyntheticEvalConfig", low=0)
+        check_ints(self, ("ngram_length", "quality_max_rows"), "SyntheticEvalConfig")
         if self.max_subjects is not None and self.max_subjects < 10:
             raise ValueError(
                 "SyntheticEvalConfig.max_subjects: must be >= 10 or None, "

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from nightingale import schema as S
 from nightingale.atomic import atomic_dir, atomic_file, write_json_atomic
+from nightingale.config import check_ints
 from nightingale.data.meds_io import MEDSDataset
 from nightingale.tokenizer import fit as fit_mod
 from nightingale.tokenizer.config import TokenizerConfig
@@ -58,10 +59,7 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "meds_dir", Path(self.meds_dir))
         object.__setattr__(self, "out_dir", Path(self.out_dir))
-        if not isinstance(self.batch_rows, int) or self.batch_rows < 1:
-            raise ValueError(f"PrepareConfig.batch_rows: a positive integer, got {self.batch_rows!r}")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"PrepareConfig.workers: a positive integer, got {self.workers!r}")
+        check_ints(self, ("batch_rows", "workers"), "PrepareConfig")
 
 
 class Preparer:

@@ -2,7 +2,8 @@
 
 Used where a real, separate server process matters: the graceful-shutdown test (a signal to the
 process that serves), and the load and accuracy benchmarks (the client must not share the server's
-event loop or GIL). Needs a repository checkout (the stage scripts are not part of the wheel).
+event loop or GIL). It lives beside the stage script it starts, outside the library: tests and
+benchmarks import it from the checkout (`serve.process`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
-SERVE_SCRIPT = REPO / "serve" / "serve.py"
+SERVE_SCRIPT = Path(__file__).resolve().with_name("serve.py")
+REPO = SERVE_SCRIPT.parents[1]
 
 
 def free_port() -> int:
@@ -29,19 +30,18 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python serve/serve.py --config-name <config> <overrides> port=<free port>` in a child.
+    """`python serve/serve.py <overrides> port=<free port>` in a child.
 
     Its output goes to `log_path` (or is discarded). Use as a context manager, or call
     `start()` / `stop()`; `stop()` sends SIGTERM and returns the exit code.
     """
 
-    def __init__(self, overrides: Sequence[str], *, config_name: str = "default",
-                 env: Mapping[str, str] | None = None, log_path: str | Path | None = None):
+    def __init__(self, overrides: Sequence[str], *, env: Mapping[str, str] | None = None, log_path: str | Path | None = None):
         if not SERVE_SCRIPT.is_file():
             raise FileNotFoundError(f"{SERVE_SCRIPT}: the serving stage needs a repository checkout")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, str(SERVE_SCRIPT), "--config-name", config_name, *overrides,
+        self.cmd = [sys.executable, str(SERVE_SCRIPT), *overrides,
                     f"port={self.port}", "host=127.0.0.1"]
         self.env = {**os.environ, **(env or {})}
         self.log_path = Path(log_path) if log_path else None

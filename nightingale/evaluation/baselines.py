@@ -1,8 +1,8 @@
 """Count-based reference losses: a trained model must beat a unigram and a bigram model.
 
 Both are fitted on the train split's windows (one epoch: every token once, with the same static
-and age prefixes the model sees) and scored on exactly the targets the model is scored on: every
-non-padding token after the first of each window, in nats per token. The bigram is interpolated
+and age prefixes the model sees) and scored on exactly the targets the model is scored on
+(`model/loss.py`: every non-padding token after the first of each window), in nats per token. The bigram is interpolated
 with the unigram (Jelinek-Mercer); its weight is chosen on the tuning windows, so it is a tuned
 baseline, not a straw man.
 """
@@ -78,53 +78,3 @@ def baseline_losses(train: np.ndarray, tuning: np.ndarray, held_out: np.ndarray,
     base.tune(tuning)
     return {"unigram": base.unigram_loss(held_out), "bigram": base.bigram_loss(held_out),
             "bigram_lambda": base.lam}
-
-
-def model_loss(model, windows: np.ndarray, batch_size: int = 16) -> float:
-    """Mean NLL (nats/token) of a causal LM on the same targets as the baselines (one process)."""
-    import torch
-
-    from nightingale.training.data import IGNORE_INDEX, to_batch
-
-    total = count = 0.0
-    model.eval()
-    with torch.no_grad():
-        for b in range(0, len(windows), batch_size):
-            batch = to_batch(windows[b : b + batch_size], torch.device("cpu"))
-            k = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            if k:
-                total, count = total + float(model(**batch).loss) * k, count + k
-    return total / count
-
-
-def compare(model_dir: str, data_dir: str, context_length: int | None = None) -> dict[str, float]:
-    """Held-out loss of an exported model next to the unigram and bigram baselines, all on every
-    window of the held-out split of the prepared corpus `data_dir` (nats/token)."""
-
-    from transformers import AutoModelForCausalLM
-
-    from nightingale.training.data import fixed_windows, load_prepared
-
-    if context_length is None:
-        from nightingale.model.folder import ModelDir
-
-        context_length = ModelDir(model_dir).context_length
-    data = load_prepared(data_dir, context_length)
-    if data.held_out is None:
-        raise ValueError(f"{data_dir}: no held_out split to compare on")
-    windows = {name: fixed_windows(c, data.vocab, context_length, None)
-               for name, c in (("train", data.train), ("tuning", data.tuning), ("held_out", data.held_out))
-               if c is not None}
-    out = baseline_losses(windows["train"], windows.get("tuning", windows["held_out"][:0]),
-                          windows["held_out"], len(data.vocab))
-    out["model"] = model_loss(AutoModelForCausalLM.from_pretrained(model_dir), windows["held_out"])
-    return out
-
-
-if __name__ == "__main__":  # python -m nightingale.training.baselines MODEL_DIR DATA_DIR
-    import json
-    import sys
-
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m nightingale.training.baselines MODEL_DIR DATA_DIR")
-    print(json.dumps(compare(sys.argv[1], sys.argv[2]), indent=2))  # noqa: T201 (a command's output)
