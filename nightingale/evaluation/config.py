@@ -1,4 +1,5 @@
-"""EvalConfig: what the evaluation stage reads from configs/eval/*.yaml, validated before any work.
+"""EvalConfig: what the evaluation stage reads from configs/eval.yaml (and an experiment),
+validated before any work.
 
 Each section (intrinsic, zeroshot, task_scoring, synthetic) is its own typed config; a section
 with `enabled: false`, or left out, is skipped (None), except task scoring, which then takes its
