@@ -73,7 +73,7 @@ def served(model_dir: str | Path, work: Path, *, extra: list[str] = ()) -> Itera
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
            "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(work / "vllm_cache"))}
     overrides = [f"model_dir={model_dir}", "serve.api_keys_env=NIGHTINGALE_BENCH_KEYS",
-                 f"serve.audit_log={work / 'audit.jsonl'}", f"serve.cohorts_dir={work / 'cohorts'}",
+                 f"serve.audit_log={work / 'audit.jsonl'}", f"serve.jobs_dir={work / 'jobs'}",
                  "log_level=warning", f"hydra.run.dir={work / 'hydra'}", *extra]
     with ServerProcess(["experiment=dev", *overrides], env=env, log_path=work / "server.log") as srv:
         yield srv

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "nightingale.data.simulator.command",
     "nightingale.data.validate_command",
     "nightingale.data.omop.command",
+    "nightingale.inference.population.command",
     "nightingale.cluster.command",
 )
 

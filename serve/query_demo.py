@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--key", default=os.environ.get("NIGHTINGALE_API_KEY"))
     ap.add_argument("--wait", type=float, default=300, help="seconds to wait for /readyz")
+    ap.add_argument("--dataset", default=None, help="a dataset registered with the server (serve.datasets) to "
+                    "run a population forecast over")
     args = ap.parse_args()
     if not args.key:
         ap.error("pass --key or set NIGHTINGALE_API_KEY")
@@ -78,6 +80,27 @@ def main() -> int:
         csv = c.get(f"/v1/cohorts/{jid}/download", params={"format": "csv"})
         print(f"\n== GET /v1/cohorts/{jid}/download?format=csv: HTTP {csv.status_code}")
         print("\n".join(csv.text.splitlines()[:12]))
+    if args.dataset:
+        pop = c.post("/v1/population-forecasts", json={
+            "dataset": args.dataset, "split": "held_out", "prediction_time": "2024-06-01",
+            "outcomes": [{"name": "death", "codes": ["MEDS_DEATH"]},
+                         {"name": "emergency admission", "codes": ["ADMISSION//EMERGENCY"]}],
+            "horizons_days": [365], "groups": ["age_band", "sex"], "rollouts": 4, "backtest": True,
+        })
+        show("POST /v1/population-forecasts", pop)
+        if pop.status_code == 202:
+            jid = pop.json()["id"]
+            while (st := c.get(f"/v1/population-forecasts/{jid}")).json()["status"] in ("queued", "running"):
+                time.sleep(2)
+            res = st.json()
+            print(f"\n== GET /v1/population-forecasts/{jid}: HTTP {st.status_code}, {res['status']}, "
+                  f"{res['done_patients']} patients; the whole population, expected [95%] vs observed:")
+            for cell in (res["results"] or {}).get("cells", []):
+                if cell["group"] == "all":
+                    print(f"   {cell['outcome']} within {cell['horizon_days']:g} d: {cell['expected']} "
+                          f"[{cell['lower']}, {cell['upper']}] vs {cell['observed']} of {cell['patients']}")
+            print(f"   in a browser: {args.url}{res['page'].split(args.url, 1)[-1] if res.get('page') else ''} "
+                  "(sign in with the same key)")
     m = c.get("/metrics")
     print(f"\n== GET /metrics: HTTP {m.status_code}")
     print("\n".join(line for line in m.text.splitlines() if line.startswith("nightingale_") and "bucket" not in line)[:2000])

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-STAGES = ("ingest", "prepare", "train", "eval", "serve")
+STAGES = ("ingest", "prepare", "train", "eval", "serve", "forecast")
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 
@@ -28,7 +28,7 @@ def test_the_stages_share_one_layout():
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_experiment_composes_with_every_stage(stage, experiment):
     plain, named = _compose(stage), _compose(stage, f"experiment={experiment}")
-    assert named != plain or stage in ("ingest", "prepare", "serve"), (stage, experiment)
+    assert named != plain or stage in ("ingest", "prepare", "serve", "forecast"), (stage, experiment)
 
 
 def test_experiments_change_what_they_name():
@@ -46,6 +46,6 @@ def test_experiments_change_what_they_name():
 
 
 def test_serving_and_evaluation_share_the_engine_group():
-    serve, evaluation = _compose("serve"), _compose("eval")
-    assert set(serve.engine) == set(evaluation.engine)
+    serve, evaluation, forecast = _compose("serve"), _compose("eval"), _compose("forecast")
+    assert set(serve.engine) == set(evaluation.engine) == set(forecast.engine)
     assert evaluation.engine.max_num_seqs == 1024 and serve.engine.max_num_seqs == 256

@@ -25,11 +25,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.routing import Match
 
-from nightingale.api import routes
+from nightingale.api import pages, population_routes, routes
 from nightingale.api.audit import AuditLog
 from nightingale.api.auth import AuthError, ScopeError
 from nightingale.api.config import ServeConfig
-from nightingale.api.jobs import CohortJobs, JobNotFound, JobsFull
+from nightingale.api.jobs import JobNotFound, Jobs, JobsFull
 from nightingale.api.state import FieldError, Overloaded, ServerState
 from nightingale.inference.engine import EngineError, EngineOverloaded
 from nightingale.inference.gate import check_gate
@@ -155,7 +155,7 @@ def _register_handlers(app: FastAPI, st: ServerState) -> None:
 
     @app.exception_handler(JobNotFound)
     async def _nojob(_: Request, e: JobNotFound):
-        return _error(404, "no such cohort job")
+        return _error(404, "no such job")
 
     @app.exception_handler(TimeoutError)
     async def _timeout(_: Request, e: TimeoutError):
@@ -178,7 +178,7 @@ def build_app(cfg: ServeConfig) -> FastAPI:
         st.gate = check_gate(model, allow_ungated=cfg.allow_ungated)  # GateError: refuse to start
         st.card = model.card
         st.audit = AuditLog(cfg.audit_log)
-        st.jobs = CohortJobs(cfg.cohorts_dir, cfg.max_running_jobs, st.require_engine, st.sync_job_metrics)
+        st.jobs = Jobs(cfg.jobs_dir, cfg.max_running_jobs, st.sync_job_metrics)
         st._start_task = asyncio.create_task(st.start_engine())
         try:
             yield
@@ -203,5 +203,7 @@ def build_app(cfg: ServeConfig) -> FastAPI:
     app.state.ng = st
     _register_handlers(app, st)
     app.include_router(routes.router)
+    app.include_router(population_routes.router)
+    app.include_router(pages.router)
     app.add_middleware(ObserveMiddleware, state=st, fastapi_app=app)
     return app

@@ -25,6 +25,7 @@ class Limits:
     max_rollouts: int = 256
     max_top_k: int = 50
     max_cohort_patients: int = 10_000
+    max_groups: int = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +39,11 @@ class ServeConfig:
     one. reserve_tokens: context kept free for a rollout (prompts are cut to the rest);
     max_new_tokens: token budget per rollout. small_count_threshold: population counts below it
     are suppressed.
-    cohorts_dir: where cohort jobs write; max_running_jobs: cohort jobs generating at once
-    (others wait queued). request_timeout_s: an engine call past it gets 504."""
+    jobs_dir: where cohort and population jobs write; max_running_jobs: jobs running at once
+    (others wait queued). request_timeout_s: an engine call past it gets 504.
+    datasets: MEDS datasets a population forecast may name, {name: folder}, registered by the
+    operator (no request uploads a population); population_rollouts: rollouts per patient of a
+    population job when the request names none."""
 
     model: EngineConfig
     allow_ungated: bool = False
@@ -54,15 +58,20 @@ class ServeConfig:
     reserve_tokens: int = 64
     max_new_tokens: int = 2048
     small_count_threshold: int = 10
-    cohorts_dir: str = "runs/serve/cohorts"
+    jobs_dir: str = "runs/serve/jobs"
     max_running_jobs: int = 1
     cohort_max_new_tokens: int = 256
     request_timeout_s: float = 300.0
     seed: int = 0
+    datasets: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    population_rollouts: int = 8
 
     def __post_init__(self) -> None:
         check_ints(self, ("max_inflight", "retry_after_s", "default_rollouts", "reserve_tokens", "max_new_tokens",
-                          "max_running_jobs", "cohort_max_new_tokens"), "serve")
+                          "max_running_jobs", "cohort_max_new_tokens", "population_rollouts"), "serve")
+        for name, path in dict(self.datasets).items():
+            if not isinstance(path, str) or not path:
+                raise ValueError(f"serve.datasets.{name}: the folder of a MEDS dataset, got {path!r}")
         check_ints(self, ("small_count_threshold",), "serve", low=0)
         check_choice("serve.estimator", self.estimator, ESTIMATORS)
         if self.default_rollouts > self.limits.max_rollouts:

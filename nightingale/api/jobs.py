@@ -1,9 +1,12 @@
-"""Cohort jobs: submitted over HTTP, generated in the background, downloaded when done.
+"""Background jobs: submitted over HTTP, run on the server's engine, downloaded when done.
 
-Each job writes under `<cohorts_dir>/<id>/`: `meds/` (the MEDS dataset, atomic), `cohort.zip` and
-`cohort.csv` (made once the dataset is complete). At most `max_running` jobs generate at once (the
-engine is shared with forecasts); others wait queued. A job is visible only to the key that
-submitted it (and admin keys). On shutdown running jobs are cancelled and marked so.
+Two kinds share one queue (and so the engine): synthetic cohorts and population forecasts. Each
+job writes under `<root>/<kind>/<id>/`; at most `max_running` jobs run at once, the others wait
+queued, and at most MAX_QUEUED wait or run. A job is visible only to the key that submitted it
+(and admin keys). On shutdown running jobs are cancelled and marked so.
+
+- cohort: `meds/` (the MEDS dataset, atomic), then `cohort.zip` and `cohort.csv`;
+- population: the population job's folder (inference/population/job.py), then `results.zip`.
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ import datetime as dt
 import logging
 import shutil
 import uuid
-from collections.abc import Callable
+import zipfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from nightingale.inference.cohorts import CohortSpec, dataset_to_csv, generate_cohort, zip_dataset
+from nightingale.atomic import atomic_file
+from nightingale.inference.cohorts import dataset_to_csv, generate_cohort, zip_dataset
 
 log = logging.getLogger(__name__)
 MAX_QUEUED = 16
+COHORT, POPULATION = "cohort", "population"
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
 
 
 class JobNotFound(KeyError):
@@ -33,12 +41,17 @@ class JobsFull(RuntimeError):
 
 @dataclasses.dataclass
 class Job:
+    """One job. spec: what was asked (a CohortSpec, or a PopulationJob); done/total: progress in
+    the kind's unit (patients); report: what the job produced that the API shows."""
+
     id: str
     owner: str
-    spec: CohortSpec
+    kind: str
+    spec: Any
     dir: Path
     status: str = "queued"
-    done_patients: int = 0
+    done: int = 0
+    total: int | None = None
     created_at: str = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     report: dict | None = None
     error: str | None = None
@@ -49,60 +62,66 @@ class Job:
         return self.dir / "meds"
 
     def file(self, fmt: str) -> Path:
-        return self.dir / ("cohort.zip" if fmt == "meds" else "cohort.csv")
+        return self.dir / {"meds": "cohort.zip", "csv": "cohort.csv", "zip": "results.zip"}[fmt]
 
 
-class CohortJobs:
-    def __init__(self, root: str | Path, max_running: int, engine: Callable, on_change: Callable[[], None] | None = None):
+Work = Callable[[Job], Awaitable[None]]
+
+
+class Jobs:
+    def __init__(self, root: str | Path, max_running: int, on_change: Callable[[], None] | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._sem = asyncio.Semaphore(max_running)
-        self._engine = engine
         self._on_change = on_change or (lambda: None)
         self.jobs: dict[str, Job] = {}
 
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {s: 0 for s in ("queued", "running", "done", "failed", "cancelled")}
+    def counts(self, kind: str | None = None) -> dict[str, int]:
+        out: dict[str, int] = {s: 0 for s in STATUSES}
         for j in self.jobs.values():
-            out[j.status] += 1
+            if kind is None or j.kind == kind:
+                out[j.status] += 1
         return out
 
-    def submit(self, owner: str, spec: CohortSpec) -> Job:
+    def new(self, owner: str, kind: str, spec: Any = None) -> Job:
+        """A job's id and folder name, before it is checked and started (refused when the queue
+        is full); nothing is written until `start`."""
         if sum(j.status in ("queued", "running") for j in self.jobs.values()) >= MAX_QUEUED:
-            raise JobsFull(f"{MAX_QUEUED} cohort jobs are already queued or running")
+            raise JobsFull(f"{MAX_QUEUED} jobs are already queued or running")
         jid = uuid.uuid4().hex
-        job = Job(jid, owner, spec, self.root / jid)
-        job.dir.mkdir(parents=True)
-        self.jobs[jid] = job
-        job.task = asyncio.create_task(self._run(job))
+        return Job(jid, owner, kind, spec, self.root / kind / jid)
+
+    def start(self, job: Job, work: Work) -> Job:
+        job.dir.mkdir(parents=True, exist_ok=True)
+        self.jobs[job.id] = job
+        job.task = asyncio.create_task(self._run(job, work))
         self._on_change()
         return job
 
-    def get(self, jid: str, key_id: str, admin: bool = False) -> Job:
+    def get(self, jid: str, key_id: str, admin: bool = False, kind: str | None = None) -> Job:
         job = self.jobs.get(jid)
-        if job is None or (job.owner != key_id and not admin):
+        if job is None or (job.owner != key_id and not admin) or (kind is not None and job.kind != kind):
             raise JobNotFound(jid)
         return job
 
-    async def _run(self, job: Job) -> None:
+    def mine(self, key_id: str, admin: bool = False, kind: str | None = None) -> list[Job]:
+        """The caller's jobs (every job for an admin key), newest first."""
+        out = [j for j in self.jobs.values() if (j.owner == key_id or admin) and (kind is None or j.kind == kind)]
+        return sorted(out, key=lambda j: j.created_at, reverse=True)
+
+    async def _run(self, job: Job, work: Work) -> None:
         try:
             async with self._sem:
                 job.status = "running"
                 self._on_change()
-
-                def progress(done: int, total: int) -> None:
-                    job.done_patients = done
-
-                job.report = await generate_cohort(self._engine(), job.spec, job.meds_dir, progress=progress)
-                await asyncio.to_thread(zip_dataset, job.meds_dir, job.file("meds"))
-                await asyncio.to_thread(dataset_to_csv, job.meds_dir, job.file("csv"))
+                await work(job)
                 job.status = "done"
         except asyncio.CancelledError:
             job.status = "cancelled"
             raise
         except Exception as e:  # noqa: BLE001 - recorded on the job; no patient data in the message
             job.status, job.error = "failed", type(e).__name__
-            log.error("cohort job %s failed: %s", job.id, type(e).__name__)
+            log.error("%s job %s failed: %s", job.kind, job.id, type(e).__name__)
         finally:
             self._on_change()
 
@@ -116,3 +135,54 @@ class CohortJobs:
     def purge(self) -> None:
         """Remove every job's files (tests; a deployment keeps them for download)."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def cohort_work(engine: Callable) -> Work:
+    """Generate the job's cohort (spec: a CohortSpec) on the engine `engine()` returns."""
+
+    async def work(job: Job) -> None:
+        job.total = job.spec.n_patients
+
+        def progress(done: int, total: int) -> None:
+            job.done = done
+
+        job.report = await generate_cohort(engine(), job.spec, job.meds_dir, progress=progress)
+        await asyncio.to_thread(zip_dataset, job.meds_dir, job.file("meds"))
+        await asyncio.to_thread(dataset_to_csv, job.meds_dir, job.file("csv"))
+
+    return work
+
+
+def population_work(engine: Callable) -> Work:
+    """Run the job's population forecast (spec: a PopulationJob writing into the job's folder),
+    shard by shard on the engine `engine()` returns, then merge and zip the results."""
+
+    async def work(job: Job) -> None:
+        pj = job.spec
+        await asyncio.to_thread(pj.open)
+
+        def progress(k: int) -> None:
+            job.done += k
+
+        async def current():
+            return engine()
+
+        for shard in pj.todo():
+            await pj.run_shard(shard, current, progress)
+        job.report = await asyncio.to_thread(pj.merge)
+        await asyncio.to_thread(zip_results, pj.out, job.file("zip"))
+
+    return work
+
+
+RESULT_FILES = ("aggregates.json", "aggregates.parquet", "summary.md", "summary.png")
+
+
+def zip_results(out: Path, zip_path: Path) -> Path:
+    """A population job's aggregates, summary and per-patient predictions as one zip."""
+    with atomic_file(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in RESULT_FILES:
+            z.write(out / name, name)
+        for p in sorted((out / "predictions").glob("**/*.parquet")):
+            z.write(p, p.relative_to(out).as_posix())
+    return zip_path

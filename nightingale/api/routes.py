@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from nightingale.api import schemas as M
 from nightingale.api.auth import ApiKey, presented_key
+from nightingale.api.jobs import COHORT, cohort_work
 from nightingale.api.state import FieldError, ServerState
 from nightingale.inference.cohorts import CohortSpec, validate_spec
 from nightingale.inference.forecast import (
@@ -268,7 +269,7 @@ def _job_out(job, request: Request) -> M.CohortJob:
     if job.status == "done":
         base = str(request.url_for("download_cohort", job_id=job.id))
         downloads = {"meds": f"{base}?format=meds", "csv": f"{base}?format=csv"}
-    return M.CohortJob(id=job.id, status=job.status, n_patients=job.spec.n_patients, done_patients=job.done_patients,
+    return M.CohortJob(id=job.id, status=job.status, n_patients=job.spec.n_patients, done_patients=job.done,
                        created_at=job.created_at, report=job.report, error=job.error, downloads=downloads)
 
 
@@ -289,7 +290,7 @@ async def post_cohorts(body: M.CohortRequest, request: Request, key: GenerateKey
             validate_spec(engine.vocab, spec)
         except ValueError as e:
             raise FieldError((str(e).split(":", 1)[0],), str(e)) from None
-        job = st.jobs.submit(key.id, spec)
+        job = st.jobs.start(st.jobs.new(key.id, COHORT, spec), cohort_work(st.require_engine))
     return _job_out(job, request)
 
 
@@ -297,7 +298,7 @@ async def post_cohorts(body: M.CohortRequest, request: Request, key: GenerateKey
 async def get_cohort(job_id: str, request: Request, key: GenerateKey):
     """A cohort job's status and progress (only the submitting key, or an admin key, sees it)."""
     st = _state(request)
-    return _job_out(st.jobs.get(job_id, key.id, "admin" in key.scopes), request)
+    return _job_out(st.jobs.get(job_id, key.id, "admin" in key.scopes, COHORT), request)
 
 
 @router.get("/v1/cohorts/{job_id}/download", tags=["generate"], name="download_cohort",
@@ -306,7 +307,7 @@ async def download_cohort(job_id: str, request: Request, key: GenerateKey,
                           format: Annotated[Literal["meds", "csv"], Query()] = "meds"):
     """The finished cohort: a zipped MEDS dataset (format=meds) or one CSV of events (format=csv)."""
     st = _state(request)
-    job = st.jobs.get(job_id, key.id, "admin" in key.scopes)
+    job = st.jobs.get(job_id, key.id, "admin" in key.scopes, COHORT)
     _note(request, patients=job.spec.n_patients)
     if job.status != "done":
         return JSONResponse({"detail": f"cohort job is {job.status}, not done"}, status_code=409)

@@ -98,6 +98,21 @@ class CohortRequest(_In):
     seed: Seed = 0
 
 
+class PopulationForecastRequest(_In):
+    dataset: str = Field(min_length=1, max_length=64, description="A dataset the operator registered (serve.datasets)")
+    outcomes: list[OutcomeIn] = Field(min_length=1, max_length=100)
+    horizons_days: list[Annotated[float, Field(gt=0, le=36525)]] = Field(min_length=1, max_length=20)
+    prediction_time: dt.date | dt.datetime | None = Field(
+        None, description="Forecast everyone alive with history at this date; null: each patient's last event")
+    split: Literal["train", "tuning", "held_out"] | None = Field(None, description="Only this split's subjects")
+    groups: list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^\S+$")]] = Field(
+        default_factory=lambda: ["age_band", "sex"], max_length=32,
+        description="age_band, sex, a static code family (IMD, ETHNICITY) or a column of the dataset")
+    rollouts: int | None = Field(None, ge=1, le=100_000, description="Monte-Carlo rollouts per patient")
+    backtest: bool = Field(False, description="Also count what happened within each horizon (data must continue past it)")
+    seed: Seed | None = None
+
+
 # --- responses ---------------------------------------------------------------------------------------
 class CodeProbability(BaseModel):
     code: str
@@ -175,6 +190,21 @@ class CohortJob(BaseModel):
     report: dict | None = None
     error: str | None = None
     downloads: dict[str, str] | None = None
+
+
+class PopulationJobOut(BaseModel):
+    id: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    dataset: str
+    created_at: str
+    shards: int
+    done_shards: int
+    done_patients: int = Field(description="Patients forecast so far")
+    error: str | None = None
+    results: dict | None = Field(None, description="When done: counts, the interval's method, gate, and one entry per "
+                                 "cell (outcome, horizon_days, group, value, patients, expected, lower, upper, suppressed)")
+    downloads: dict[str, str] | None = None
+    page: str | None = Field(None, description="The job's page for a browser (/population/{id})")
 
 
 class ModelInfo(BaseModel):

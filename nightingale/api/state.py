@@ -10,9 +10,9 @@ import logging
 from typing import Any
 
 from nightingale.api.audit import AuditLog
-from nightingale.api.auth import KeyStore, load_keys
+from nightingale.api.auth import ApiKey, KeyStore, load_keys
 from nightingale.api.config import ServeConfig
-from nightingale.api.jobs import CohortJobs
+from nightingale.api.jobs import COHORT, Jobs
 from nightingale.api.metrics import Metrics
 from nightingale.inference.engine import Engine, EngineError
 
@@ -45,7 +45,8 @@ class ServerState:
         self.engine_error: str | None = None
         self.gate: dict[str, Any] = {}
         self.card: dict[str, Any] = {}
-        self.jobs: CohortJobs | None = None
+        self.jobs: Jobs | None = None
+        self.sessions: dict[str, ApiKey] = {}  # browser session token -> key (pages.py)
         self.inflight = 0
         self.shutting_down = False
         self._start_task: asyncio.Task | None = None
@@ -80,5 +81,5 @@ class ServerState:
 
     def sync_job_metrics(self) -> None:
         if self.jobs is not None:
-            for status, n in self.jobs.counts().items():
+            for status, n in self.jobs.counts(COHORT).items():
                 self.metrics.cohort_jobs.labels(status).set(n)

@@ -7,10 +7,12 @@
     nightingale submit pipeline --profile local --out runs/pipe --prepare data=meds \\
         --prepare data.path=runs/meds train=smoke                  # prepare -> train -> eval
     nightingale submit sweep --profile local data_dir=runs/prep 'train.lr=1e-3,3e-3'
+    nightingale submit forecast --profile gh200 model_dir=runs/train/model meds_dir=/data/icb/meds \\
+        out_dir=runs/forecast forecast.prediction_time=2025-01-01   # one task per shard, then merge
     nightingale submit train --profile local --dry-run ...   # print the scripts, submit nothing
 
 Trailing KEY=VALUE arguments are Hydra overrides of the stage (train: train/train.py; prepare:
-data_prep/prepare.py; eval: the eval command; pipeline: training, with --prepare/--eval for the
+data_prep/prepare.py; eval: the eval command; forecast: serve/forecast.py; pipeline: training, with --prepare/--eval for the
 others). The request is checked against the profile before anything is submitted.
 """
 
@@ -29,6 +31,7 @@ from nightingale.cluster.render import (
     JobSpec,
     RenderContext,
     plan_eval,
+    plan_forecast,
     plan_prepare,
     plan_train,
 )
@@ -36,7 +39,7 @@ from nightingale.cluster.submit import SubmitError, sbatch_test_only, submit_pla
 from nightingale.cluster.sweep import sweep_command
 
 log = logging.getLogger(__name__)
-KINDS = ("train", "prepare", "eval", "pipeline", "sweep")
+KINDS = ("train", "prepare", "eval", "pipeline", "sweep", "forecast")
 
 
 class _OverridesParser(argparse.ArgumentParser):
@@ -78,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"evaluation command ({{python}} = this Python; default {DEFAULT_EVAL_COMMAND!r})")
     p.add_argument("--no-eval", action="store_true", help="pipeline: stop after training")
     p.add_argument("--array-parallel", type=int, default=None, metavar="K",
-                   help="prepare: run at most K array tasks at once")
+                   help="prepare, forecast: run at most K array tasks at once")
     p.add_argument("--dry-run", action="store_true", help="print the scripts and sbatch commands; submit nothing")
     p.add_argument("--test-only", action="store_true",
                    help="ask Slurm (sbatch --test-only) whether it would run each script; submit nothing")
@@ -108,6 +111,8 @@ def build_plan(args: argparse.Namespace):
         return job, plan_prepare(job, list(args.overrides), ctx, args.array_parallel)
     if args.kind == "eval":
         return job, plan_eval(job, list(args.overrides), ctx, args.eval_command)
+    if args.kind == "forecast":
+        return job, plan_forecast(job, list(args.overrides), ctx, args.array_parallel)
     if args.out is None:
         raise ValueError("--out: required for a pipeline (its prepared/ and train/ folders)")
     out = args.out.resolve()

@@ -7,6 +7,7 @@ hands to `sbatch`; nothing here touches Slurm.
     train    one job: N nodes x G ranks, `--signal=B:USR1@lead --requeue`, checkpoint + requeue
     prepare  fit (1 task) -> encode (array, one task per MEDS shard) -> merge (1 task)
     eval     one task after a training job (afterok)
+    forecast an array (one task per MEDS shard, one engine per GPU) -> merge (the aggregates)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ TEMPLATE_DIR = REPO_ROOT / "slurm" / "templates"
 EXIT_PREEMPTED = 143  # train/train.py: stopped by a signal after writing a checkpoint
 MAX_REQUEUES = 20
 DEFAULT_EVAL_COMMAND = "{python} eval/evaluate.py"
+FORECAST_SCRIPT = REPO_ROOT / "serve" / "forecast.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,3 +166,22 @@ def plan_eval(job: ResolvedJob, overrides: list[str], ctx: RenderContext,
     script = _render("task.sbatch.j2", one, ctx, kind="eval", name=f"{ctx.name_prefix}-eval",
                      command=_quote_all([*argv, *overrides]))
     return [JobSpec("eval", script, after)]
+
+
+def plan_forecast(job: ResolvedJob, overrides: list[str], ctx: RenderContext,
+                  max_parallel: int | None = None) -> list[JobSpec]:
+    """A population forecast (serve/forecast.py): an array with one task per MEDS shard, each on
+    one GPU of the profile (its own vLLM engine), then the merge of the shards' sums into the
+    aggregates once every task succeeded (afterok)."""
+    for key in ("model_dir", "meds_dir", "out_dir"):
+        if override_value(overrides, key) is None:
+            raise ValueError(f"{key}: required for a population forecast ({key}=...)")
+    shards = _meds_shards(overrides, ctx.workdir)
+    base = [ctx.python, str(FORECAST_SCRIPT), *overrides, "progress=false"]
+    array = f"0-{len(shards) - 1}" + (f"%{max_parallel}" if max_parallel else "")
+    one = _single(job, min(1, job.gpus_per_node))
+    tasks = _render("task.sbatch.j2", one, ctx, kind="forecast", name=f"{ctx.name_prefix}-forecast",
+                    command=_quote_all([*base, "stage=shard"]) + ' shard="$SHARD"', array=array, shards=shards)
+    merge = _render("task.sbatch.j2", _single(job, 0), ctx,
+                    kind="forecast", name=f"{ctx.name_prefix}-forecast-merge", command=_quote_all([*base, "stage=merge"]))
+    return [JobSpec("forecast", tasks, (), len(shards)), JobSpec("forecast-merge", merge, ("forecast",))]

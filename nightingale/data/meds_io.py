@@ -273,3 +273,17 @@ def dataset_metadata_problem(meta: Any) -> str | None:
         except ValueError:
             return f"field 'created_at': {created!r} is not an ISO 8601 date-time"
     return None
+
+
+def observation_end(dataset: MEDSDataset) -> dt.datetime | None:
+    """The time every living subject of `dataset` is observed until, when its dataset.json says
+    (`observation_end`, naive ISO 8601); None otherwise."""
+    value = dataset.metadata().get("observation_end")
+    if value is None:
+        return None
+    try:
+        end = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"{dataset.root / S.DATASET_FILE}: field 'observation_end': {value!r} is not an "
+                         "ISO 8601 date-time") from None
+    return end.replace(tzinfo=None) if end.tzinfo is None else end.astimezone(dt.timezone.utc).replace(tzinfo=None)

@@ -54,13 +54,12 @@ import polars as pl
 from nightingale import schema as S
 from nightingale.config import check_fields, field_names
 from nightingale.data.codes import check_code_patterns
-from nightingale.data.meds_io import MEDSDataset
+from nightingale.data.meds_io import MEDSDataset, observation_end
 from nightingale.evaluation.labels import (
     LabelReport,
     draw_end,
     draw_one_per_subject,
     draw_rule,
-    observation_end,
 )
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ import numpy as np
 import polars as pl
 
 from nightingale import schema as S
-from nightingale.data.meds_io import MEDSDataset
 
 
 def draw_keys(subject_ids: np.ndarray, times_us: np.ndarray, seed: int) -> np.ndarray:
@@ -100,15 +99,3 @@ class LabelReport:
         return {**dataclasses.asdict(self), "prevalence": self.prevalence}
 
 
-def observation_end(dataset: MEDSDataset) -> dt.datetime | None:
-    """The time every living subject of `dataset` is observed until, when its dataset.json says
-    (`observation_end`, naive ISO 8601); None otherwise."""
-    value = dataset.metadata().get("observation_end")
-    if value is None:
-        return None
-    try:
-        end = dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        raise ValueError(f"{dataset.root / S.DATASET_FILE}: field 'observation_end': {value!r} is not an "
-                         "ISO 8601 date-time") from None
-    return end.replace(tzinfo=None) if end.tzinfo is None else end.astimezone(dt.timezone.utc).replace(tzinfo=None)

@@ -77,7 +77,7 @@ import yaml
 from nightingale import schema as S
 from nightingale.config import check_fields
 from nightingale.data.codes import check_code_patterns, match_codes
-from nightingale.data.meds_io import MEDSDataset
+from nightingale.data.meds_io import MEDSDataset, observation_end  # noqa: F401 (observation_end: part of this module's API)
 from nightingale.evaluation.external_tasks import (
     AcesTask,
     LabelFileTask,
@@ -92,7 +92,6 @@ from nightingale.evaluation.labels import (  # noqa: F401 (draw_keys: part of th
     draw_keys,
     draw_one_per_subject,
     draw_rule,
-    observation_end,
 )
 
 log = logging.getLogger(__name__)

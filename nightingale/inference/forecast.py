@@ -40,7 +40,7 @@ import numpy as np
 from nightingale.config import check_choice, check_ints
 from nightingale.inference.engine import MAX_TRACKED_IDS, Engine
 from nightingale.inference.prompts import Prompt, resolve_outcome_codes
-from nightingale.inference.risk import RiskEstimate, t_interval, wilson_interval
+from nightingale.inference.risk import RiskEstimate, estimates
 from nightingale.inference.rollouts import MAX_TOKENS, Rollout, RolloutConfig, sample_rollouts
 from nightingale.tokenizer.vocabulary import Vocabulary
 
@@ -157,15 +157,9 @@ class Forecast:
         """Prompt i, outcome a, horizon b with its 95% Monte-Carlo interval."""
         v = self.values()[i, a, b]
         n = len(v)
-        trunc = int(round(self.truncated[i] * n))
-        if self.estimator == COUNT:
-            k = int(v.sum())
-            lo, hi = wilson_interval(k, n)
-            return RiskEstimate(k / n, lo, hi, n, trunc, COUNT, variance=(k / n) * (1 - k / n) / n)
-        p = float(mean_risk(v))
-        lo, hi = t_interval(v)
-        var = float(v.var(ddof=1) / n) if n > 1 else p * (1 - p)
-        return RiskEstimate(p, lo, hi, n, trunc, PROBABILITY, variance=var)
+        p, lo, hi, var = (float(x) for x in estimates(v, self.estimator))
+        lo_, hi_ = (None, None) if np.isnan(lo) else (lo, hi)
+        return RiskEstimate(p, lo_, hi_, n, int(round(self.truncated[i] * n)), self.estimator, variance=var)
 
 
 async def forecast(engine: Engine, prompts: Sequence[Prompt], outcomes: Mapping[str, np.ndarray],

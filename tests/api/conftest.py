@@ -42,3 +42,36 @@ def admin(server):
 def anonymous(server):
     with _client(server, None) as c:
         yield c
+
+
+POPULATION = {
+    "dataset": harness.DATASET,
+    "outcomes": [{"name": "death", "codes": ["MEDS_DEATH"]}, {"name": "admission", "codes": ["ADMISSION//EMERGENCY"]}],
+    "horizons_days": [365],
+    "prediction_time": "2024-06-01",
+    "groups": ["age_band", "sex", "IMD"],
+    "rollouts": 4,
+    "backtest": True,
+}
+
+
+def wait_done(client: httpx.Client, path: str, timeout_s: float = 400) -> dict:
+    import time
+
+    deadline = time.time() + timeout_s
+    while True:
+        job = client.get(path).json()
+        if job["status"] not in ("queued", "running") or time.time() > deadline:
+            return job
+        time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def population_job(forecaster) -> dict:
+    """A finished population forecast over the test model's own 300 simulated subjects (a fixed
+    date with 18 months of follow-up after it, so the job also counts what happened)."""
+    r = forecaster.post("/v1/population-forecasts", json=POPULATION)
+    assert r.status_code == 202, r.text
+    job = wait_done(forecaster, f"/v1/population-forecasts/{r.json()['id']}")
+    assert job["status"] == "done", job
+    return job

@@ -31,7 +31,7 @@ def test_sigterm_finishes_the_in_flight_request_then_exits(server, tmp_path):
     audit = tmp_path / "audit.jsonl"
     srv = ServerProcess(
         [f"model_dir={server.cfg.model.model_dir}", "serve.api_keys_env=NG_SHUTDOWN_KEYS",
-         f"serve.audit_log={audit}", f"serve.cohorts_dir={tmp_path / 'cohorts'}",
+         f"serve.audit_log={audit}", f"serve.jobs_dir={tmp_path / 'jobs'}",
          "graceful_timeout_s=120", f"hydra.run.dir={tmp_path / 'hydra'}", "log_level=warning"],
         env={"NG_SHUTDOWN_KEYS": f"shut:{KEY}:forecast"}, log_path=tmp_path / "server.log",
     ).start()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nightingale.cluster.profiles import JobRequest, load_profile
-from nightingale.cluster.render import RenderContext, plan_eval, plan_prepare, plan_train
+from nightingale.cluster.render import RenderContext, plan_eval, plan_forecast, plan_prepare, plan_train
 from nightingale.cluster.sweep import sweep_command
 
 CTX = RenderContext(workdir=Path("/scratch/me"), log_dir=Path("/scratch/me/logs"), python="python3")
@@ -133,6 +133,29 @@ def test_prepare_needs_shards_and_out_dir(tmp_path):
         plan_prepare(job, ["data=meds", f"data.path={tmp_path}"], CTX)
     with pytest.raises(ValueError, match="holds no MEDS shards"):
         plan_prepare(job, ["data=meds", f"data.path={tmp_path}", "out_dir=o"], CTX)
+
+
+def test_forecast_array_takes_one_gpu_per_shard_then_merges(tiny_meds, tmp_path):
+    job = JobRequest(nodes=4, account="p").resolve(load_profile("gh200"))
+    args = ["model_dir=/scratch/run/model", f"meds_dir={tiny_meds}", "out_dir=/scratch/fc"]
+    tasks, merge = plan_forecast(job, args, CTX, max_parallel=3)
+    assert (tasks.name, tasks.after, merge.name, merge.after) == ("forecast", (), "forecast-merge", ("forecast",))
+    for spec in (tasks, merge):
+        assert_bash_syntax(spec.script, tmp_path)
+    sb, mb = sbatch_lines(tasks.script), sbatch_lines(merge.script)
+    assert (sb["nodes"], sb["gpus-per-node"], sb["ntasks-per-node"], sb["array"]) == ("1", "1", "1", "0-5%3")
+    assert "gpus-per-node" not in mb and "array" not in mb  # the merge reads parquet: no GPU
+    assert 'serve/forecast.py model_dir=/scratch/run/model' in tasks.script
+    assert 'progress=false stage=shard shard="$SHARD"' in tasks.script and "stage=merge" in merge.script
+    assert "SHARDS=(held_out/0 held_out/1 train/0 train/1 tuning/0 tuning/1)" in tasks.script
+
+
+def test_forecast_needs_a_model_data_and_an_output():
+    job = JobRequest().resolve(load_profile("local"))
+    for missing in ("model_dir", "meds_dir", "out_dir"):
+        args = [a for a in ("model_dir=m", "meds_dir=d", "out_dir=o") if not a.startswith(missing)]
+        with pytest.raises(ValueError, match=f"^{missing}: required for a population forecast"):
+            plan_forecast(job, args, CTX)
 
 
 def test_eval_job_takes_one_gpu():

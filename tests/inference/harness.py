@@ -44,6 +44,7 @@ API_KEYS = {
     "generator": ("gk-test-2", "generate"),
     "root": ("ak-test-3", "admin"),
 }
+DATASET = "sim"  # the test model's own simulated data, registered for population forecasts
 LIMITS = {
     "max_body_bytes": 200_000, "max_patients": 8, "max_events_per_patient": 400, "max_outcomes": 4,
     "max_codes_per_outcome": 20, "max_horizons": 3, "max_horizon_days": 3 * 365.25, "max_rollouts": 64,
@@ -204,18 +205,20 @@ def serving(tmp_root: Path) -> Server:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_CACHE_ROOT", str(Path.home() / ".cache" / "nightingale" / "vllm-tests"))
         # NIGHTINGALE_TEST_ARTIFACTS keeps the trained test model between sessions (development).
-        model_dir = build_model_dir(artifacts_root(tmp_root))
+        root = artifacts_root(tmp_root)
+        model_dir = build_model_dir(root)
         os.environ["NIGHTINGALE_TEST_API_KEYS"] = ",".join(f"{k}:{v[0]}:{v[1]}" for k, v in API_KEYS.items())
         cfg = {
             "model": {"model_dir": str(model_dir), "max_num_seqs": 256},
             "api_keys_env": "NIGHTINGALE_TEST_API_KEYS",
             "audit_log": str(tmp_root / "audit.jsonl"),
-            "cohorts_dir": str(tmp_root / "cohorts"),
+            "jobs_dir": str(tmp_root / "jobs"),
             "limits": LIMITS,
             "default_rollouts": 32,
             "max_inflight": 16,
             "cohort_max_new_tokens": 160,
             "max_new_tokens": 400,
+            "datasets": {DATASET: str(root / "meds")},
         }
         _SERVER = Server(cfg).start()
     return _SERVER
