@@ -9,6 +9,9 @@ observed counts and the simulator's oracle with the 95% intervals' coverage acro
     make demo
     .venv/bin/python benchmarks/bench_population.py --model runs/demo/train/model --meds runs/demo/meds \\
         --split held_out --prediction-time 2024-06-01
+    # a population the model never saw: simulate it with another seed, forecast everyone
+    .venv/bin/nightingale simulate --subjects 5000 --seed 7 --out runs/pop/meds
+    .venv/bin/python benchmarks/bench_population.py --meds runs/pop/meds --split all --out runs/bench_population_pop
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=Path("runs/demo/train/model"))
     ap.add_argument("--meds", type=Path, default=Path("runs/demo/meds"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench_population"))
-    ap.add_argument("--split", default="held_out")
+    ap.add_argument("--split", default="held_out", help="train | tuning | held_out | all")
     ap.add_argument("--prediction-time", default="2024-06-01")
     ap.add_argument("--rollouts", type=int, default=PopulationConfig.rollouts)
     ap.add_argument("--oracle-samples", type=int, default=100)
@@ -41,7 +44,7 @@ def main() -> int:
     args = ap.parse_args()
 
     cfg = PopulationConfig.from_mapping({
-        "outcomes": OUTCOMES, "horizons_days": [365], "prediction_time": args.prediction_time, "split": args.split,
+        "outcomes": OUTCOMES, "horizons_days": [365], "prediction_time": args.prediction_time, "split": None if args.split == "all" else args.split,
         "rollouts": args.rollouts, "backtest": True, "oracle": not args.no_oracle,
         "oracle_samples": args.oracle_samples, "groups": ["age_band", "sex"],
     })

@@ -96,9 +96,11 @@ def main() -> int:
             print(f"\n== GET /v1/population-forecasts/{jid}: HTTP {st.status_code}, {res['status']}, "
                   f"{res['done_patients']} patients; the whole population, expected [95%] vs observed:")
             for cell in (res["results"] or {}).get("cells", []):
-                if cell["group"] == "all":
-                    print(f"   {cell['outcome']} within {cell['horizon_days']:g} d: {cell['expected']} "
-                          f"[{cell['lower']}, {cell['upper']}] vs {cell['observed']} of {cell['patients']}")
+                if cell["group"] != "all":
+                    continue
+                what = (f"suppressed ({cell['suppressed']}: under the small-count threshold)" if cell["suppressed"] else
+                        f"{cell['expected']} [{cell['lower']}, {cell['upper']}] vs {cell['observed']} of {cell['patients']}")
+                print(f"   {cell['outcome']} within {cell['horizon_days']:g} d: {what}")
             print(f"   in a browser: {args.url}{res['page'].split(args.url, 1)[-1] if res.get('page') else ''} "
                   "(sign in with the same key)")
     m = c.get("/metrics")
