@@ -37,11 +37,21 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
         raise ValueError(f"wilson_interval: n must be > 0, got {n}")
     if not 0 <= k <= n:
         raise ValueError(f"wilson_interval: k must be in [0, n], got {k} of {n}")
-    p = k / n
+    lo, hi = _wilson(k / n, n, z)
+    return float(lo), float(hi)
+
+
+def _wilson(p, n: int, z: float):
+    """Wilson bounds for shares `p` (floats or arrays) of n trials."""
     den = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return np.maximum(0.0, centre - half), np.minimum(1.0, centre + half)
+
+
+def _t_half(sd, n: int, level: float):
+    """Half-width of the Student-t interval of a mean of n values with standard deviation sd."""
+    return stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
 
 
 def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float | None, float | None]:
@@ -56,7 +66,7 @@ def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tup
     v = np.asarray(values, dtype=np.float64)
     if len(v) < 2:
         return None, None
-    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    half = float(_t_half(v.std(ddof=1), len(v), level))
     m = float(v.mean())
     return max(0.0, m - half), min(1.0, m + half)
 
@@ -76,17 +86,14 @@ def estimates(values: np.ndarray, estimator: str, level: float = 0.95) -> tuple[
     z = stats.norm.ppf(0.5 + level / 2)
     if estimator == "count":
         p = v.mean(axis=-1)
-        den = 1 + z * z / n
-        centre = (p + z * z / (2 * n)) / den
-        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-        return p, np.maximum(0.0, centre - half), np.minimum(1.0, centre + half), p * (1 - p) / n
+        return (p, *_wilson(p, n, z), p * (1 - p) / n)
     mean = v.mean(axis=-1)
     p = np.clip(mean, 0.0, 1.0)
     if n < 2:
         nan = np.full(p.shape, np.nan)
         return p, nan, nan, p * (1 - p)
     sd = v.std(axis=-1, ddof=1)
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    half = _t_half(sd, n, level)
     return p, np.maximum(0.0, mean - half), np.minimum(1.0, mean + half), sd**2 / n
 
 
