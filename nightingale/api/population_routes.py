@@ -18,7 +18,14 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from nightingale.api import schemas as M
 from nightingale.api.jobs import POPULATION, Job, population_work
-from nightingale.api.routes import AUTH_RESPONSES, ForecastKey, _note, _state
+from nightingale.api.routes import (
+    AUTH_RESPONSES,
+    ForecastKey,
+    _note,
+    _state,
+    check_outcome_request,
+    unknown_codes_error,
+)
 from nightingale.api.state import FieldError, ServerState
 from nightingale.inference.forecast import UnknownOutcomeCodes
 from nightingale.inference.population import PopulationConfig, PopulationJob
@@ -38,24 +45,9 @@ def _loc(message: str) -> tuple:
 
 
 def _check_limits(body: M.PopulationForecastRequest, st: ServerState) -> int:
-    lim = st.cfg.limits
     n = body.rollouts or st.cfg.population_rollouts
-    checks = [
-        (("rollouts",), n, lim.max_rollouts, "max_rollouts"),
-        (("outcomes",), len(body.outcomes), lim.max_outcomes, "max_outcomes"),
-        (("horizons_days",), len(body.horizons_days), lim.max_horizons, "max_horizons"),
-        (("horizons_days",), max(body.horizons_days), lim.max_horizon_days, "max_horizon_days"),
-        (("groups",), len(body.groups), lim.max_groups, "max_groups"),
-    ]
-    for loc, value, cap, name in checks:
-        if value > cap:
-            raise FieldError(loc, f"{value} is over the limit {cap} (limits.{name})")
-    names = [o.name for o in body.outcomes]
-    for i, o in enumerate(body.outcomes):
-        if len(o.codes) > lim.max_codes_per_outcome:
-            raise FieldError(("outcomes", i, "codes"), f"{len(o.codes)} codes; at most {lim.max_codes_per_outcome}")
-        if names.index(o.name) != i:
-            raise FieldError(("outcomes", i, "name"), f"{o.name!r} is named twice; outcome names must be unique")
+    lim = st.cfg.limits
+    check_outcome_request(body, n, lim, [(("groups",), len(body.groups), lim.max_groups, "max_groups")])
     return n
 
 
@@ -76,8 +68,7 @@ def _population_job(body: M.PopulationForecastRequest, st: ServerState, rollouts
         job.context_length = st.require_engine().max_model_len
         return job
     except UnknownOutcomeCodes as e:
-        j = body.outcomes[e.index].codes.index(e.codes[0])
-        raise FieldError(("outcomes", e.index, "codes", j), f"{', '.join(map(repr, e.codes))}: no code the model can emit matches") from None
+        raise unknown_codes_error(e, body.outcomes) from None
     except ValueError as e:
         loc = _loc(str(e))
         if loc == ("dataset",):  # the operator's dataset itself is unreadable: no server paths in the answer

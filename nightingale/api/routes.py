@@ -151,15 +151,13 @@ def _lead_s(p: M.PatientIn, prompt: Prompt) -> float:
     return 0.0 if p.prediction_time is None else max(0.0, (to_us(p.prediction_time) - prompt.anchor_us) / 1e6)
 
 
-async def _forecast(body: M.ForecastRequest, request: Request, *, keep_rollouts: bool = False):
-    """Check the request against the limits and roll it out: (forecast, prompts, leads, config)."""
-    st = _state(request)
-    lim = st.cfg.limits
-    n = body.rollouts or st.cfg.default_rollouts
-    _note(request, patients=len(body.patients), rollouts=n)
+def check_outcome_request(body, rollouts: int, lim, extra: list[tuple] = ()) -> None:
+    """A forecast request's shape against the limits (rollouts, outcomes, horizons, and `extra`
+    (loc, value, cap, limit name) checks), and its outcomes: codes per outcome, unique names.
+    Shared by patient and population forecasts; each break is a 422 naming the field."""
     checks = [
-        (("patients",), len(body.patients), lim.max_patients, "max_patients"),
-        (("rollouts",), n, lim.max_rollouts, "max_rollouts"),
+        *extra,
+        (("rollouts",), rollouts, lim.max_rollouts, "max_rollouts"),
         (("outcomes",), len(body.outcomes), lim.max_outcomes, "max_outcomes"),
         (("horizons_days",), len(body.horizons_days), lim.max_horizons, "max_horizons"),
         (("horizons_days",), max(body.horizons_days), lim.max_horizon_days, "max_horizon_days"),
@@ -174,6 +172,21 @@ async def _forecast(body: M.ForecastRequest, request: Request, *, keep_rollouts:
         if o.name in seen:
             raise FieldError(("outcomes", i, "name"), f"{o.name!r} is named twice; outcome names must be unique")
         seen.add(o.name)
+
+
+def unknown_codes_error(e: UnknownOutcomeCodes, outcomes: list[M.OutcomeIn]) -> FieldError:
+    """The 422 for outcome codes no token matches, located at the first such code."""
+    j = outcomes[e.index].codes.index(e.codes[0])
+    return FieldError(("outcomes", e.index, "codes", j), f"{', '.join(map(repr, e.codes))}: no code the model can emit matches")
+
+
+async def _forecast(body: M.ForecastRequest, request: Request, *, keep_rollouts: bool = False):
+    """Check the request against the limits and roll it out: (forecast, prompts, leads, config)."""
+    st = _state(request)
+    lim = st.cfg.limits
+    n = body.rollouts or st.cfg.default_rollouts
+    _note(request, patients=len(body.patients), rollouts=n)
+    check_outcome_request(body, n, lim, [(("patients",), len(body.patients), lim.max_patients, "max_patients")])
     for i, p in enumerate(body.patients):
         _check_patient(p, ("patients", i), st)
     fcfg = ForecastConfig(estimator=body.estimator or st.cfg.estimator, rollouts=n,
@@ -184,9 +197,7 @@ async def _forecast(body: M.ForecastRequest, request: Request, *, keep_rollouts:
         try:
             outcomes = outcome_token_ids(engine.vocab, {o.name: o.codes for o in body.outcomes}, strict=True)
         except UnknownOutcomeCodes as e:
-            j = body.outcomes[e.index].codes.index(e.codes[0])
-            unknown = ", ".join(map(repr, e.codes))
-            raise FieldError(("outcomes", e.index, "codes", j), f"{unknown}: no code the model can emit matches") from None
+            raise unknown_codes_error(e, body.outcomes) from None
         room = engine.max_model_len - st.cfg.reserve_tokens
         prompts = [_prompt(p, ("patients", i), st, room) for i, p in enumerate(body.patients)]
         leads = [_lead_s(p, q) for p, q in zip(body.patients, prompts)]
