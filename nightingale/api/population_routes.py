@@ -33,7 +33,8 @@ from nightingale.inference.population import PopulationConfig, PopulationJob
 router = APIRouter()
 log = logging.getLogger(__name__)
 _FIELD = re.compile(r"^forecast\.(\w+)(?:\[(\d+)\])?")
-_REQUEST_FIELDS = {"outcomes", "horizons_days", "prediction_time", "split", "groups", "rollouts", "backtest", "seed"}
+RESULTS = ("counts", "interval", "gate", "config", "cells", "model", "calibration", "coverage")
+_REQUEST_FIELDS = {"outcomes", "horizons_days", "prediction_time", "split", "groups", "rollouts", "backtest", "recalibrate", "seed"}
 
 
 def _loc(message: str) -> tuple:
@@ -61,7 +62,7 @@ def _population_job(body: M.PopulationForecastRequest, st: ServerState, rollouts
             "prediction_time": body.prediction_time, "split": body.split, "groups": body.groups,
             "rollouts": rollouts, "estimator": st.cfg.estimator, "max_new_tokens": st.cfg.max_new_tokens,
             "reserve_tokens": st.cfg.reserve_tokens, "seed": st.cfg.seed if body.seed is None else body.seed,
-            "small_count_threshold": st.cfg.small_count_threshold, "backtest": body.backtest,
+            "small_count_threshold": st.cfg.small_count_threshold, "backtest": body.backtest, "recalibrate": body.recalibrate,
         })
         job = PopulationJob(cfg, st.cfg.model.model_dir, st.cfg.datasets[body.dataset], out,
                             allow_ungated=st.cfg.allow_ungated, name=body.dataset)
@@ -86,7 +87,7 @@ def job_out(job: Job, request: Request) -> M.PopulationJobOut:
         id=job.id, status=job.status, dataset=pj.name,
         created_at=job.created_at, shards=len(pj.shards), done_shards=len(pj.shards) - len(pj.todo()) if job.dir.exists() else 0,
         done_patients=job.done, error=job.error,
-        results=None if job.report is None else {k: job.report[k] for k in ("counts", "interval", "gate", "config", "cells", "model")},
+        results=None if job.report is None else {k: job.report[k] for k in RESULTS if k in job.report},
         downloads=downloads, page=str(request.url_for("population_page", job_id=job.id)))
 
 

@@ -110,6 +110,8 @@ class PopulationForecastRequest(_In):
         description="age_band, sex, a static code family (IMD, ETHNICITY) or a column of the dataset")
     rollouts: int | None = Field(None, ge=1, le=100_000, description="Monte-Carlo rollouts per patient")
     backtest: bool = Field(False, description="Also count what happened within each horizon (data must continue past it)")
+    recalibrate: bool = Field(False, description="Scale the expected counts by observed / expected on the same "
+                              "population one longest horizon before prediction_time (needs a date)")
     seed: Seed | None = None
 
 
@@ -202,7 +204,8 @@ class PopulationJobOut(BaseModel):
     done_patients: int = Field(description="Patients forecast so far")
     error: str | None = None
     results: dict | None = Field(None, description="When done: counts, the interval's method, gate, and one entry per "
-                                 "cell (outcome, horizon_days, group, value, patients, expected, lower, upper, suppressed)")
+                                 "cell (outcome, horizon_days, group, value, patients, expected, lower, upper, suppressed); "
+                                 "with recalibrate, each outcome's ratio; with backtest, the intervals' coverage")
     downloads: dict[str, str] | None = None
     page: str | None = Field(None, description="The job's page for a browser (/population/{id})")
 

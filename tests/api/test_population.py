@@ -81,6 +81,8 @@ def test_only_its_owner_and_admins_see_it(population_job, forecaster, admin, gen
     ({"groups": ["age_band", "sex", "PRACTICE"]}, ["body", "groups", 2], "'PRACTICE' is neither age_band"),
     ({"prediction_time": "1850-01-01"}, ["body", "prediction_time"], "outside the data"),
     ({"prediction_time": "2025-06-01"}, ["body", "backtest"], "passes the end of the data's follow-up"),
+    ({"prediction_time": None, "backtest": False, "recalibrate": True}, ["body", "recalibrate"],
+     "needs a fixed prediction_time"),
     ({"outcomes": [{"name": "x", "codes": ["NOT//A_CODE"]}]}, ["body", "outcomes", 0, "codes", 0], "no code the model"),
     ({"groups": ["a", "b", "c", "d", "e", "f", "g"]}, ["body", "groups"], "limits.max_groups"),
     ({"rollouts": 1000}, ["body", "rollouts"], "limits.max_rollouts"),

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from nightingale.cluster.profiles import JobRequest, load_profile
-from nightingale.cluster.render import RenderContext, plan_eval, plan_forecast, plan_prepare, plan_train
+from nightingale.cluster.render import (
+    RenderContext,
+    plan_eval,
+    plan_forecast,
+    plan_prepare,
+    plan_train,
+)
 from nightingale.cluster.sweep import sweep_command
 
 CTX = RenderContext(workdir=Path("/scratch/me"), log_dir=Path("/scratch/me/logs"), python="python3")

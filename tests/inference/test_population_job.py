@@ -11,6 +11,7 @@ import pytest
 
 from nightingale import schema as S
 from nightingale.inference.population import PopulationConfig, PopulationJob
+from nightingale.inference.population.aggregate import merge_partials
 from tests.inference import harness
 
 pytestmark = pytest.mark.slow
@@ -72,11 +73,41 @@ def test_a_job_writes_risks_aggregates_and_the_oracle_beside_them(server, paths,
         again.merge()
 
 
+def test_a_recalibrated_job_scales_by_what_it_got_wrong_a_horizon_before(server, paths, tmp_path):
+    model, meds = paths
+    cfg = {**CONFIG, "recalibrate": True, "oracle": False, "small_count_threshold": 1, "split": None, "rollouts": 2}
+    job = PopulationJob(PopulationConfig.from_mapping(cfg), model, meds, tmp_path / "out")
+    result = _run(server, job)
+    assert len(job.shards) == 3  # everyone: each shard's window sums, merged
+    window = merge_partials([pl.read_parquet(tmp_path / "out" / "calibration" / f"{s}.parquet") for s in job.shards])
+    assert set(window["outcome"]) == {"death", "admission"} and (window["observed"] >= 0).all()
+    assert result["calibration"]["time"] == "2023-06-02T00:00:00"
+    ratios = {r["outcome"]: r for r in result["calibration"]["ratios"]}
+    everyone = window.filter(pl.col("group") == "all")
+    for c in result["cells"]:
+        rec = ratios[c["outcome"]]
+        if c["suppressed"]:
+            continue
+        if rec["applied"]:  # the window's own observed / expected, applied to every cell of the outcome
+            row = everyone.filter(pl.col("outcome") == c["outcome"]).row(0, named=True)
+            assert rec["ratio"] == pytest.approx(row["observed"] / row["sum_p"], abs=1e-3)
+            assert c["expected"] == pytest.approx(c["uncalibrated"] * row["observed"] / row["sum_p"], abs=0.01)
+        else:
+            assert c["expected"] == c["uncalibrated"] and rec["reason"].startswith("fewer than 10 events")
+    assert {"model", "recalibrated"} <= set(result["coverage"])
+    assert ratios["admission"]["applied"] and not ratios["death"]["applied"]  # the harness's 242 patients: both paths
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "Recalibrated from 2023-06-02: admission within 365 days x" in md
+    assert "Not recalibrated, death within 365 days: fewer than 10 events" in md
+
+
 @pytest.mark.parametrize("change, words", [
     ({"groups": ["age_band", "PRACTICE"]}, "forecast.groups[1]: 'PRACTICE' is neither"),
     ({"prediction_time": "1800-01-01"}, "forecast.prediction_time: 1800-01-01T00:00:00 is outside the data"),
     ({"prediction_time": "last"}, "forecast.backtest: needs a fixed prediction_time"),
     ({"outcomes": {"stroke": ["ICD10//I63.9"]}}, "forecast.oracle: outcome 'stroke'"),
+    ({"prediction_time": "last", "backtest": False, "oracle": False, "recalibrate": True},
+     "forecast.recalibrate: needs a fixed prediction_time"),
 ])
 def test_what_the_job_checks_before_any_work(paths, tmp_path, change, words):
     model, meds = paths

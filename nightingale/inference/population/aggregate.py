@@ -7,6 +7,9 @@ E +/- 1.96 sqrt(sum_i p_i(1 - p_i) + sum_i Var_MC(p_i)): the outcomes are indepe
 draws given the risks (first term), and each risk is itself a Monte-Carlo estimate from a few
 rollouts (second term). It assumes a calibrated model; `coverage` checks that on data that
 continues past the horizon. The oracle's interval (simulated data) has the first term only.
+With recalibration (calibrate.py) each cell's expected count is scaled by its outcome's ratio from
+the calibration window and the interval widened by that ratio's uncertainty; `uncalibrated` keeps
+the model's own sum.
 
 **Suppression** (NHS SDE small-count rule, `small_count_threshold`, default 10): a cell whose
 patients, expected count or observed count is under the threshold is withheld whole. Within each
@@ -22,12 +25,22 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from nightingale.inference.population.calibrate import Recalibration
 from nightingale.inference.population.shard import ALL, PARTIAL_SCHEMA, SUMS
 from nightingale.inference.risk import Z95, count_from_sums
 
 INTERVAL = ("95% normal prediction interval for the observed count: expected +/- 1.96 sqrt(sum p(1-p) "
             "+ sum of the risks' Monte-Carlo variances), from the per-patient risks")
 KEYS = ("outcome", "horizon_days", "group", "value")
+Ratios = dict[tuple[str, float], Recalibration]
+
+
+def _moments(row: dict, ratios: Ratios | None) -> tuple[float, float, float]:
+    """A cell's (expected, Bernoulli variance, other variance), recalibrated where a ratio applies."""
+    rec = (ratios or {}).get((row["outcome"], float(row["horizon_days"])))
+    if rec is None:
+        return row["sum_p"], row["sum_pq"], row["sum_mc"]
+    return rec.moments(row["sum_p"], row["sum_pq"], row["sum_mc"])
 
 
 def merge_partials(parts: list[pl.DataFrame]) -> pl.DataFrame:
@@ -47,20 +60,21 @@ def _order(row: dict, groups: Sequence[str]) -> tuple:
             (0, int(m.group()), row["value"]) if m else (1, 0, row["value"]))
 
 
-def _primary(row: dict, threshold: int, backtest: bool) -> bool:
-    small = [row["patients"], row["sum_p"]] + ([row["observed"]] if backtest else [])
+def _primary(row: dict, threshold: int, backtest: bool, ratios: Ratios | None) -> bool:
+    small = [row["patients"], row["sum_p"], _moments(row, ratios)[0]] + ([row["observed"]] if backtest else [])
     return any(x < threshold for x in small)
 
 
 def aggregate(sums: pl.DataFrame, threshold: int, *, backtest: bool, oracle: bool,
-              groups: Sequence[str] = ()) -> pl.DataFrame:
+              groups: Sequence[str] = (), ratios: Ratios | None = None) -> pl.DataFrame:
     """One row per cell: patients, expected [lower, upper], and observed / oracle_expected
     [oracle_lower, oracle_upper] / covered where asked; suppressed cells hold nulls and
-    `suppressed` says why (small, or complementary); groupings in `groups` order."""
+    `suppressed` says why (small, or complementary); groupings in `groups` order. With `ratios`
+    (calibrate.fit) the expected counts are recalibrated and `uncalibrated` holds the model's."""
     rows = sorted(sums.to_dicts(), key=lambda r: _order(r, list(groups)))
     why = {}
     for r in rows:
-        if _primary(r, threshold, backtest):
+        if _primary(r, threshold, backtest, ratios):
             why[tuple(r[k] for k in KEYS)] = "small count"
     by_grouping: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -75,8 +89,10 @@ def aggregate(sums: pl.DataFrame, threshold: int, *, backtest: bool, oracle: boo
     for r in rows:
         key = tuple(r[k] for k in KEYS)
         cell = {k: r[k] for k in KEYS}
-        est = count_from_sums(int(r["patients"]), r["sum_p"], r["sum_pq"], r["sum_mc"], threshold=0)
+        est = count_from_sums(int(r["patients"]), *_moments(r, ratios), threshold=0)
         values = {"patients": int(r["patients"]), "expected": est.expected, "lower": est.lower, "upper": est.upper}
+        if ratios is not None:
+            values["uncalibrated"] = round(r["sum_p"], 2)
         if backtest:
             values["observed"] = int(r["observed"])
             values["covered"] = bool(est.lower <= r["observed"] <= est.upper)
@@ -92,6 +108,7 @@ def aggregate(sums: pl.DataFrame, threshold: int, *, backtest: bool, oracle: boo
         out.append(cell)
     schema = {"outcome": pl.String, "horizon_days": pl.Float64, "group": pl.String, "value": pl.String,
               "patients": pl.Int64, "expected": pl.Float64, "lower": pl.Float64, "upper": pl.Float64,
+              **({"uncalibrated": pl.Float64} if ratios is not None else {}),
               **({"observed": pl.Int64, "covered": pl.Boolean} if backtest else {}),
               **({"oracle_expected": pl.Float64, "oracle_lower": pl.Float64, "oracle_upper": pl.Float64}
                  if oracle else {}),
@@ -100,9 +117,10 @@ def aggregate(sums: pl.DataFrame, threshold: int, *, backtest: bool, oracle: boo
     return pl.DataFrame(out, schema=schema, orient="row") if out else pl.DataFrame(schema=schema)
 
 
-def coverage(sums: pl.DataFrame, *, oracle: bool) -> dict:
+def coverage(sums: pl.DataFrame, *, oracle: bool, ratios: Ratios | None = None) -> dict:
     """How often the 95% intervals held the observed count, over every cell (suppressed ones
-    included: only the rate leaves the job, never a cell's figures)."""
+    included: only the rate leaves the job, never a cell's figures): the model's own (`model`),
+    recalibrated (`recalibrated`, with `ratios`) and the oracle's."""
     rows = sums.to_dicts()
     out = {"cells": len(rows)}
     if not rows:
@@ -113,6 +131,8 @@ def coverage(sums: pl.DataFrame, *, oracle: bool) -> dict:
         return round(sum(hits) / len(hits), 3)
 
     out["model"] = rate(lambda r: r["sum_p"], lambda r: r["sum_pq"] + r["sum_mc"])
+    if ratios is not None:
+        out["recalibrated"] = rate(lambda r: _moments(r, ratios)[0], lambda r: sum(_moments(r, ratios)[1:]))
     if oracle:
         out["oracle"] = rate(lambda r: r["oracle_sum"], lambda r: r["oracle_pq"])
     return out

@@ -46,7 +46,9 @@ class PopulationConfig:
     rollouts / estimator / max_new_tokens / reserve_tokens / seed: as ForecastConfig; batch:
     prompts per engine call; small_count_threshold: aggregate counts below it are suppressed;
     backtest: also count what happened within each horizon (needs data that continues past it);
-    oracle: also the simulator's true expected counts (simulated data only)."""
+    recalibrate: scale the expected counts by observed / expected on the same population one
+    longest horizon before the prediction time (calibrate.py; needs a fixed date and data that
+    go back that far); oracle: also the simulator's true expected counts (simulated data only)."""
 
     outcomes: Mapping[str, tuple[str, ...]]
     horizons_days: tuple[float, ...] = (365.0,)
@@ -62,6 +64,7 @@ class PopulationConfig:
     batch: int = 256
     small_count_threshold: int = 10
     backtest: bool = False
+    recalibrate: bool = False
     oracle: bool = False
     oracle_samples: int = 100
 
@@ -99,6 +102,17 @@ class PopulationConfig:
             age_bands=tuple(int(a) for a in (m.get("age_bands") or cls.age_bands)),
         )
         return build(cls, m, WHERE, **converted)
+
+    def calibration_time(self) -> dt.datetime | None:
+        """t_c = t - the longest horizon: the window (t_c, t_c + h] ends by the prediction time."""
+        if self.prediction_time is None:
+            return None
+        return self.prediction_time - dt.timedelta(days=max(self.horizons_days))
+
+    def calibration_config(self) -> PopulationConfig:
+        """The same forecast at t_c with what then happened counted (the calibration window)."""
+        return dataclasses.replace(self, prediction_time=self.calibration_time(), backtest=True, recalibrate=False,
+                                   oracle=False)
 
     def forecast_config(self) -> ForecastConfig:
         return ForecastConfig(estimator=self.estimator, rollouts=self.rollouts, max_new_tokens=self.max_new_tokens,

@@ -4,6 +4,8 @@ population aggregates in an output folder, shard by shard, resumable.
     out/job.json                      what was asked (a rerun with another config is refused)
     out/predictions/<shard>.parquet   per-patient risks (shard.py)
     out/partials/<shard>.parquet      the shard's additive sums per group cell
+    out/calibration/<shard>.parquet   with recalibrate: the same sums one longest horizon earlier,
+                                      with what then happened (calibrate.py)
     out/shards/<shard>.json           the shard's counts: its `.done` marker, written last
     out/aggregates.{parquet,json}     the merge: expected counts by group, suppressed (aggregate.py)
     out/summary.{md,png}              what a planner reads (summary.py)
@@ -39,7 +41,7 @@ from nightingale.inference.engine import Engine, EngineConfig
 from nightingale.inference.forecast import outcome_token_ids
 from nightingale.inference.gate import check_gate
 from nightingale.inference.population import aggregate as A
-from nightingale.inference.population import summary
+from nightingale.inference.population import calibrate, summary
 from nightingale.inference.population.cohort import data_time_range, group_source, load_shard_cohort
 from nightingale.inference.population.config import WHERE, PopulationConfig
 from nightingale.inference.population.shard import forecast_cohort, partial_sums
@@ -111,6 +113,13 @@ class PopulationJob:
             if last > end:
                 raise ValueError(f"{WHERE}.backtest: prediction_time + the longest horizon ({last.isoformat()}) "
                                  f"passes the end of the data's follow-up ({end.isoformat()})")
+        if self.cfg.recalibrate:
+            if t is None:
+                raise ValueError(f"{WHERE}.recalibrate: needs a fixed prediction_time (a date), not 'last'")
+            first = self.cfg.calibration_time()
+            if lo is None or first < lo:
+                raise ValueError(f"{WHERE}.recalibrate: prediction_time - the longest horizon ({first.isoformat()}) "
+                                 f"is before the data begin ({lo.isoformat() if lo else 'no timed events'})")
 
     def _check_oracle(self) -> dict[str, str]:
         if not self.cfg.oracle:
@@ -166,13 +175,13 @@ class PopulationJob:
             raise ValueError(f"{WHERE}.shard: {shard!r} is not a shard of {self.dataset.root} holding subjects "
                              f"of the split; have {self.shards}")
         events = await asyncio.to_thread(lambda: self.dataset.scan(shard).collect())
-        room = self.context_length - self.cfg.reserve_tokens
-        cohort = await asyncio.to_thread(load_shard_cohort, self.vocab, self.cfg, events, self.split_ids,
-                                         self.columns, room)
-        t0 = time.perf_counter()
-        risks = await forecast_cohort(await engine() if cohort.prompts else None, self.cfg, cohort, self.outcomes,
-                                      progress)
-        seconds = {"forecast": time.perf_counter() - t0}
+        seconds: dict[str, float] = {}
+        if self.cfg.recalibrate:  # first the window before t, so that a shard's risks are written last
+            ccfg = self.cfg.calibration_config()
+            cohort, risks = await self._forecast(ccfg, events, engine, progress, seconds, "calibration")
+            with atomic_file(self.out / "calibration" / f"{shard}.parquet") as tmp:
+                partial_sums(ccfg, cohort, risks).write_parquet(tmp)
+        cohort, risks = await self._forecast(self.cfg, events, engine, progress, seconds, "forecast")
         if self.oracle_outcomes:
             t0 = time.perf_counter()
             risks = await asyncio.to_thread(self._with_oracle, risks)
@@ -187,6 +196,17 @@ class PopulationJob:
         write_json_atomic({"counts": counts, "seconds": seconds}, self._marker(shard))
         log.info("shard %s: %d patients at risk forecast", shard, counts.get("at_risk", 0))
         return counts
+
+    async def _forecast(self, cfg: PopulationConfig, events: pl.DataFrame, engine: Callable[[], Awaitable[Engine]],
+                        progress: Callable[[int], None] | None, seconds: dict[str, float], what: str):
+        """The shard's population at risk at `cfg.prediction_time` and its risks; the seconds the
+        rollouts took go under `what`."""
+        room = self.context_length - cfg.reserve_tokens
+        cohort = await asyncio.to_thread(load_shard_cohort, self.vocab, cfg, events, self.split_ids, self.columns, room)
+        t0 = time.perf_counter()
+        risks = await forecast_cohort(await engine() if cohort.prompts else None, cfg, cohort, self.outcomes, progress)
+        seconds[what] = time.perf_counter() - t0
+        return cohort, risks
 
     def _with_oracle(self, risks: pl.DataFrame) -> pl.DataFrame:
         from nightingale.data.simulator.oracle import oracle_risk
@@ -210,14 +230,22 @@ class PopulationJob:
             counts.update(marker["counts"])
             seconds.update(marker["seconds"])
         sums = A.merge_partials([pl.read_parquet(self.out / "partials" / f"{s}.parquet") for s in self.shards])
+        ratios = None
+        if self.cfg.recalibrate:
+            window = A.merge_partials([pl.read_parquet(self.out / "calibration" / f"{s}.parquet") for s in self.shards])
+            ratios = calibrate.fit(window, self.cfg.small_count_threshold)
         agg = A.aggregate(sums, self.cfg.small_count_threshold, backtest=self.cfg.backtest,
-                          oracle=bool(self.oracle_outcomes), groups=self.cfg.groups)
+                          oracle=bool(self.oracle_outcomes), groups=self.cfg.groups, ratios=ratios)
         result = {**self.manifest(), "model": self.model.path.name, "dataset": self.name,
                   "card": {k: self.model.card.get(k) for k in ("data", "steps")}, "gate": self.gate,
                   "counts": dict(counts), "seconds": {k: round(v, 2) for k, v in seconds.items()},
-                  "interval": A.INTERVAL, "cells": agg.to_dicts()}
+                  "interval": A.INTERVAL + (f"; {calibrate.INTERVAL}" if ratios is not None else ""),
+                  "cells": agg.to_dicts()}
+        if ratios is not None:
+            result["calibration"] = {"time": self.cfg.calibration_time().isoformat(),
+                                     "ratios": [r.as_dict() for r in ratios.values()]}
         if self.cfg.backtest:
-            result["coverage"] = A.coverage(sums, oracle=bool(self.oracle_outcomes))
+            result["coverage"] = A.coverage(sums, oracle=bool(self.oracle_outcomes), ratios=ratios)
         with atomic_file(self.out / "aggregates.parquet") as tmp:
             agg.write_parquet(tmp)
         write_json_atomic(result, self.out / "aggregates.json")

@@ -38,14 +38,20 @@ def markdown(agg: pl.DataFrame, meta: dict[str, Any]) -> str:
         f"- Patients at risk: {counts.get('at_risk', 0):,} (left out: {counts.get('no_history', 0):,} without history "
         f"by then, {counts.get('dead_before', 0):,} dead by then, {counts.get('outside_split', 0):,} outside the split)",
         f"- Rollouts per patient: {cfg['rollouts']} ({cfg['estimator']} estimator, temperature 1, no truncation)",
-        f"- Interval: {INTERVAL}",
+        f"- Interval: {meta.get('interval', INTERVAL)}",
         f"- Counts under {cfg['small_count_threshold']} are suppressed, with one more cell where a single one "
         "would be recoverable from the total",
     ]
+    for r in meta.get("calibration", {}).get("ratios", []):
+        what = f"{r['outcome']} within {r['horizon_days']:g} days"
+        lines.append(f"- Recalibrated from {meta['calibration']['time'][:10]}: {what} x {r['ratio']:.2f} "
+                     f"[{r['ratio_lower']:.2f}, {r['ratio_upper']:.2f}] (observed / the model's expected count then)"
+                     if r["applied"] else f"- Not recalibrated, {what}: {r['reason']}")
     if "coverage" in meta:
         cov = meta["coverage"]
         lines.append(f"- Backtest: the model's 95% intervals held the observed count in {cov.get('model', 0):.0%} of "
-                     f"{cov['cells']} cells" + (f"; the oracle's in {cov['oracle']:.0%}" if "oracle" in cov else ""))
+                     f"{cov['cells']} cells" + (f"; recalibrated, {cov['recalibrated']:.0%}" if "recalibrated" in cov else "")
+                     + (f"; the oracle's in {cov['oracle']:.0%}" if "oracle" in cov else ""))
     backtest, oracle = "observed" in agg.columns, "oracle_expected" in agg.columns
     for (outcome, days), part in agg.group_by("outcome", "horizon_days", maintain_order=True):
         lines += ["", f"## {outcome} within {days:g} days", ""]
