@@ -46,7 +46,7 @@ demo: install
 		model_dir=$(RUN_DIR)/train/model data_dir=$(RUN_DIR)/prepared
 	NIGHTINGALE_API_KEYS="demo:$(DEMO_KEY):admin" VLLM_CACHE_ROOT=$(RUN_DIR)/vllm_cache \
 		$(BIN)/python serve/serve.py model_dir=$(RUN_DIR)/train/model port=$(DEMO_PORT) \
-		serve.audit_log=$(RUN_DIR)/audit.jsonl serve.jobs_dir=$(RUN_DIR)/jobs +serve.datasets.demo=$(RUN_DIR)/meds \
+		serve.audit_log=$(RUN_DIR)/audit.jsonl serve.jobs_dir=$(RUN_DIR)/jobs +serve.datasets.demo=$(RUN_DIR)/meds serve.cohort_reference=demo \
 		& server=$$!; \
 	$(BIN)/python serve/query_demo.py --url http://127.0.0.1:$(DEMO_PORT) --key $(DEMO_KEY) --dataset demo; rc=$$?; \
 	kill -TERM $$server; wait $$server; exit $$rc

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nightingale.config import build, check_choice, check_fields, check_ints, field_names
+from nightingale.evaluation.synthetic.release import ReleaseConfig
 from nightingale.inference.engine import EngineConfig
 from nightingale.inference.forecast import ESTIMATORS
 
@@ -43,7 +44,11 @@ class ServeConfig:
     (others wait queued). request_timeout_s: an engine call past it gets 504.
     datasets: MEDS datasets a population forecast may name, {name: folder}, registered by the
     operator (no request uploads a population); population_rollouts: rollouts per patient of a
-    population job when the request names none."""
+    population job when the request names none.
+    cohort_reference: the registered dataset (a name in `datasets`) whose train split the model
+    learnt from and whose held_out split holds real patients it never saw: every cohort is judged
+    against it (fidelity, privacy, utility) and released to the generate scope only when it
+    passes `release` (evaluation/synthetic/release.py); unset, no cohort is released."""
 
     model: EngineConfig
     allow_ungated: bool = False
@@ -60,11 +65,13 @@ class ServeConfig:
     small_count_threshold: int = 10
     jobs_dir: str = "runs/serve/jobs"
     max_running_jobs: int = 1
-    cohort_max_new_tokens: int = 256
+    cohort_max_new_tokens: int = 8192
     request_timeout_s: float = 300.0
     seed: int = 0
     datasets: Mapping[str, str] = dataclasses.field(default_factory=dict)
     population_rollouts: int = 8
+    cohort_reference: str | None = None
+    release: ReleaseConfig = dataclasses.field(default_factory=ReleaseConfig)
 
     def __post_init__(self) -> None:
         check_ints(self, ("max_inflight", "retry_after_s", "default_rollouts", "reserve_tokens", "max_new_tokens",
@@ -73,6 +80,9 @@ class ServeConfig:
             if not isinstance(path, str) or not path:
                 raise ValueError(f"serve.datasets.{name}: the folder of a MEDS dataset, got {path!r}")
         check_ints(self, ("small_count_threshold",), "serve", low=0)
+        if self.cohort_reference is not None and self.cohort_reference not in self.datasets:
+            raise ValueError(f"serve.cohort_reference: {self.cohort_reference!r} is not a registered dataset "
+                             f"(serve.datasets has {sorted(self.datasets)})")
         check_choice("serve.estimator", self.estimator, ESTIMATORS)
         if self.default_rollouts > self.limits.max_rollouts:
             raise ValueError("serve.default_rollouts: must not exceed limits.max_rollouts")
@@ -86,4 +96,4 @@ class ServeConfig:
         model = model if isinstance(model, EngineConfig) else EngineConfig.from_mapping(dict(model))
         lim = m.get("limits") or {}
         lim = lim if isinstance(lim, Limits) else build(Limits, lim, "serve.limits")
-        return cls(**{**m, "model": model, "limits": lim})
+        return cls(**{**m, "model": model, "limits": lim, "release": ReleaseConfig.from_mapping(m.get("release"))})

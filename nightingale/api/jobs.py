@@ -5,7 +5,8 @@ job writes under `<root>/<kind>/<id>/`; at most `max_running` jobs run at once, 
 queued, and at most MAX_QUEUED wait or run. A job is visible only to the key that submitted it
 (and admin keys). On shutdown running jobs are cancelled and marked so.
 
-- cohort: `meds/` (the MEDS dataset, atomic), then `cohort.zip` and `cohort.csv`;
+- cohort: `meds/` (the MEDS dataset, atomic), `evidence/` (its fidelity, privacy and utility
+  against the reference data, and the release verdict), then `cohort.zip` (both) and `cohort.csv`;
 - population: the population job's folder (inference/population/job.py), then `results.zip`.
 """
 
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from nightingale.atomic import atomic_file
+from nightingale.evaluation.synthetic.evidence import cohort_evidence
+from nightingale.evaluation.synthetic.release import ReleaseConfig, release_check
 from nightingale.inference.cohorts import dataset_to_csv, generate_cohort, zip_dataset
 
 log = logging.getLogger(__name__)
@@ -137,8 +140,9 @@ class Jobs:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def cohort_work(engine: Callable) -> Work:
-    """Generate the job's cohort (spec: a CohortSpec) on the engine `engine()` returns."""
+def cohort_work(engine: Callable, reference: str | Path | None, release: ReleaseConfig) -> Work:
+    """Generate the job's cohort (spec: a CohortSpec) on the engine `engine()` returns, then
+    judge it against `reference` (`judge_cohort`)."""
 
     async def work(job: Job) -> None:
         job.total = job.spec.n_patients
@@ -147,10 +151,30 @@ def cohort_work(engine: Callable) -> Work:
             job.done = done
 
         job.report = await generate_cohort(engine(), job.spec, job.meds_dir, progress=progress)
-        await asyncio.to_thread(zip_dataset, job.meds_dir, job.file("meds"))
-        await asyncio.to_thread(dataset_to_csv, job.meds_dir, job.file("csv"))
+        await judge_cohort(job, reference, release)
 
     return work
+
+
+async def judge_cohort(job: Job, reference: str | Path | None, release: ReleaseConfig) -> None:
+    """The cohort's evidence and release verdict (evaluation/synthetic/evidence.py) into the job's
+    `evidence/` and report, then its downloads (the zip holds the evidence beside the MEDS data).
+    Without reference data nothing can be checked, and the cohort is not released."""
+    report = job.report if job.report is not None else {}
+    if reference is None:
+        report["release"] = release_check(None, release)
+    else:
+        res = await asyncio.to_thread(cohort_evidence, job.meds_dir, reference, job.dir / "evidence",
+                                      release=release, seed=getattr(job.spec, "seed", 0))
+        report.update(evidence=res["headline"], release=res["release"])
+    job.report = report
+    extra = [job.dir / "evidence"] if (job.dir / "evidence").is_dir() else []
+    await asyncio.to_thread(zip_dataset, job.meds_dir, job.file("meds"), extra)
+    await asyncio.to_thread(dataset_to_csv, job.meds_dir, job.file("csv"))
+
+
+def released(job: Job) -> bool:
+    return bool((job.report or {}).get("release", {}).get("released"))
 
 
 def population_work(engine: Callable) -> Work:

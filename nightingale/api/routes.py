@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
 import io
 from pathlib import Path
 from typing import Annotated, Literal
@@ -12,9 +14,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from nightingale.api import schemas as M
 from nightingale.api.auth import ApiKey, presented_key
-from nightingale.api.jobs import COHORT, cohort_work
+from nightingale.api.jobs import COHORT, cohort_work, released
 from nightingale.api.state import FieldError, ServerState
-from nightingale.inference.cohorts import CohortSpec, validate_spec
+from nightingale.inference.cohorts import CohortSpec, calendar_window, validate_spec
 from nightingale.inference.forecast import (
     ForecastConfig,
     UnknownOutcomeCodes,
@@ -22,6 +24,7 @@ from nightingale.inference.forecast import (
     outcome_token_ids,
 )
 from nightingale.inference.next_events import next_events
+from nightingale.inference.population.config import parse_time
 from nightingale.inference.prompts import Event, Prompt, build_prompt, static_codes, to_us
 from nightingale.inference.risk import population_count
 
@@ -275,13 +278,26 @@ async def post_forecast_trajectories(body: M.ForecastRequest, request: Request, 
 
 
 # --- cohorts ----------------------------------------------------------------------------------------
-def _job_out(job, request: Request) -> M.CohortJob:
+def _job_out(job, request: Request, admin: bool) -> M.CohortJob:
+    """The job as its caller may see it: the downloads only once the cohort passed the release
+    check (an admin sees them anyway, to inspect what was kept back)."""
     downloads = None
-    if job.status == "done":
+    if job.status == "done" and (released(job) or admin):
         base = str(request.url_for("download_cohort", job_id=job.id))
         downloads = {"meds": f"{base}?format=meds", "csv": f"{base}?format=csv"}
+    report = dict(job.report or {})
     return M.CohortJob(id=job.id, status=job.status, n_patients=job.spec.n_patients, done_patients=job.done,
-                       created_at=job.created_at, report=job.report, error=job.error, downloads=downloads)
+                       created_at=job.created_at, report=report or None, error=job.error, downloads=downloads,
+                       release=report.pop("release", None), evidence=report.pop("evidence", None))
+
+
+COHORT_DATES = (dt.datetime(1900, 1, 1), dt.datetime(2100, 1, 1))  # a timeline's calendar window
+
+
+@functools.lru_cache(maxsize=8)
+def _calendar(meds_dir: str) -> tuple[tuple[dt.datetime, ...], dt.datetime]:
+    """A registered dataset's record starts and end of follow-up (read once per server)."""
+    return calendar_window(meds_dir)
 
 
 @router.post("/v1/cohorts", tags=["generate"], response_model=M.CohortJob, status_code=202, responses=AUTH_RESPONSES)
@@ -293,23 +309,39 @@ async def post_cohorts(body: M.CohortRequest, request: Request, key: GenerateKey
         raise FieldError(("n_patients",), f"{body.n_patients} is over the limit {st.cfg.limits.max_cohort_patients} (limits.max_cohort_patients)")
     if body.age_min is not None and body.age_max is not None and body.age_min >= body.age_max:
         raise FieldError(("age_min",), "must be below age_max")
+    start = parse_time(body.start_date, "start_date") or CohortSpec.start_date
+    end = parse_time(body.end_date, "end_date")
+    starts: tuple = ()
+    if body.start_date is None and st.cfg.cohort_reference:  # the reference data's own calendar
+        starts, data_end = await asyncio.to_thread(_calendar, st.cfg.datasets[st.cfg.cohort_reference])
+        end = end or data_end
+        starts = tuple(t for t in starts if t < end) or (start,)  # a record starts before the end date
+        start = starts[0]
+    for name, t in (("start_date", start), ("end_date", end)):
+        if t is not None and not COHORT_DATES[0] <= t <= COHORT_DATES[1]:
+            raise FieldError((name,), f"{t.date().isoformat()} is outside {COHORT_DATES[0].date().isoformat()} "
+                                      f"to {COHORT_DATES[1].date().isoformat()}")
+    if end is not None and end <= start:
+        raise FieldError(("end_date",), f"{end.date().isoformat()} must be after start_date {start.date().isoformat()}")
     async with st.admission():
         engine = st.require_engine()
         spec = CohortSpec(n_patients=body.n_patients, sex=body.sex, age_min=body.age_min, age_max=body.age_max,
-                          starting_code=body.starting_code, seed=body.seed, max_new_tokens=st.cfg.cohort_max_new_tokens)
+                          starting_code=body.starting_code, seed=body.seed, max_new_tokens=st.cfg.cohort_max_new_tokens,
+                          start_date=start, end_date=end, start_dates=starts)
         try:
             validate_spec(engine.vocab, spec)
         except ValueError as e:
             raise FieldError((str(e).split(":", 1)[0],), str(e)) from None
-        job = st.jobs.start(st.jobs.new(key.id, COHORT, spec), cohort_work(st.require_engine))
-    return _job_out(job, request)
+        reference = st.cfg.datasets.get(st.cfg.cohort_reference) if st.cfg.cohort_reference else None
+        job = st.jobs.start(st.jobs.new(key.id, COHORT, spec), cohort_work(st.require_engine, reference, st.cfg.release))
+    return _job_out(job, request, "admin" in key.scopes)
 
 
 @router.get("/v1/cohorts/{job_id}", tags=["generate"], response_model=M.CohortJob, responses={**AUTH_RESPONSES, 404: {"model": M.ErrorOut}})
 async def get_cohort(job_id: str, request: Request, key: GenerateKey):
     """A cohort job's status and progress (only the submitting key, or an admin key, sees it)."""
     st = _state(request)
-    return _job_out(st.jobs.get(job_id, key.id, "admin" in key.scopes, COHORT), request)
+    return _job_out(st.jobs.get(job_id, key.id, "admin" in key.scopes, COHORT), request, "admin" in key.scopes)
 
 
 @router.get("/v1/cohorts/{job_id}/download", tags=["generate"], name="download_cohort",
@@ -322,6 +354,10 @@ async def download_cohort(job_id: str, request: Request, key: GenerateKey,
     _note(request, patients=job.spec.n_patients)
     if job.status != "done":
         return JSONResponse({"detail": f"cohort job is {job.status}, not done"}, status_code=409)
+    if not released(job) and "admin" not in key.scopes:
+        why = "; ".join(job.report["release"]["reasons"])
+        return JSONResponse({"detail": f"the cohort failed its release check and is kept for the operator: {why}"},
+                            status_code=403)
     path = job.file(format)
     media = "application/zip" if format == "meds" else "text/csv"
     return FileResponse(path, media_type=media, filename=f"cohort-{job.id}.{'zip' if format == 'meds' else 'csv'}")

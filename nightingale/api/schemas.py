@@ -95,6 +95,11 @@ class CohortRequest(_In):
     age_min: float | None = Field(None, ge=0, le=150)
     age_max: float | None = Field(None, gt=0, le=150)
     starting_code: Code | None = None
+    start_date: dt.date | dt.datetime | None = Field(
+        None, description="Date of each patient's first event (default: drawn from the reference data's own record "
+        "starts, ending by its end of follow-up, where the server has one; else 2020-01-01)")
+    end_date: dt.date | dt.datetime | None = Field(None, description="No event after this date: a timeline ends "
+                                                   "where its next event would pass it (default: the model decides)")
     seed: Seed = 0
 
 
@@ -191,7 +196,10 @@ class CohortJob(BaseModel):
     created_at: str
     report: dict | None = None
     error: str | None = None
-    downloads: dict[str, str] | None = None
+    downloads: dict[str, str] | None = Field(None, description="Once the cohort passed its release check")
+    release: dict | None = Field(None, description="The release check: released, each check, and why not")
+    evidence: dict | None = Field(None, description="Headline fidelity, privacy and utility figures (the "
+                                  "download holds them all, with plots)")
 
 
 class PopulationJobOut(BaseModel):

@@ -65,7 +65,7 @@ class SyntheticConfig:
     `par_subjects` training patients (`par_epochs`) and score its cohort the same way."""
 
     patients: int = 200
-    max_new_tokens: int = 256
+    max_new_tokens: int = 8192
     par: bool = True
     par_subjects: int = 200
     par_epochs: int = 128
@@ -288,14 +288,16 @@ class Harness:
             evaluate_synthetic,
             plot_synthetic,
         )
-        from nightingale.inference.cohorts import CohortSpec, generate_cohort
+        from nightingale.inference.cohorts import CohortSpec, calendar_window, generate_cohort
 
         t0 = time.perf_counter()
         train = load_events(self.meds, S.TRAIN)
         held = load_events(self.meds, S.HELD_OUT)
         ecfg = SyntheticEvalConfig(seed=cfg.seed)
         with tempfile.TemporaryDirectory(dir=self.out, prefix=".cohort-") as tmp:
-            spec = CohortSpec(n_patients=cfg.patients, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
+            starts, end = calendar_window(self.meds.root, S.TRAIN)  # timelines follow the training data's calendar
+            spec = CohortSpec(n_patients=cfg.patients, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
+                              start_dates=starts, end_date=end)
             with self.progress.bar("synthetic cohort (model)", total=cfg.patients) as bar:
                 gen = self.loop.run_until_complete(generate_cohort(
                     self._engine(), spec, Path(tmp) / "cohort", progress=lambda d, n: bar.update(d, n)))

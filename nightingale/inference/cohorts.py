@@ -8,7 +8,11 @@ synthetic patient is generated in the same order:
 2. the other static codes and the age band, sampled *by the model* with sampling restricted to
    static codes and the allowed age bands (an age range narrows them), until an age token;
 3. `[SOT]`, an optional starting condition, and the timeline, sampled until `MEDS_DEATH`,
-   `[EOR]` or the token budget, with tokens that cannot occur in a body banned;
+   `[EOR]`, the end date or the token budget, with tokens that cannot occur in a body banned.
+   A timeline longer than the context goes on in a sliding window laid out like a training
+   window (`prompts.window_prompt`: static tokens, the age band at the first kept token, the
+   history summary of what was cut, the most recent events), half a context at a time, so a
+   synthetic patient lives as long as the model lets it (whole lifetimes, not one context);
 4. `decode` to MEDS events (first event at `start_date`; birth from the age band).
 Patients are generated and written shard by shard through `MEDSWriter` (atomic: the dataset
 appears only when complete), so memory holds one shard whatever the cohort size. Every
@@ -23,7 +27,8 @@ import datetime as dt
 import logging
 import zipfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +37,9 @@ import polars as pl
 from nightingale import schema as S
 from nightingale.atomic import atomic_file
 from nightingale.config import check_ints
-from nightingale.data.meds_io import MEDSDataset, MEDSWriter
+from nightingale.data.meds_io import MEDSDataset, MEDSWriter, observation_end
 from nightingale.inference.engine import Engine, Sampling
-from nightingale.inference.prompts import body_banned_ids
+from nightingale.inference.prompts import body_banned_ids, window_prompt
 from nightingale.tokenizer import families as F
 from nightingale.tokenizer.decode import decode
 
@@ -45,8 +50,12 @@ log = logging.getLogger(__name__)
 class CohortSpec:
     """n_patients; sex: a code suffix of the first static family (e.g. "F") or None; age range in
     years [age_min, age_max) selecting age bands; starting_code: a vocabulary code placed as the
-    first event; seed; max_new_tokens per patient; start_date of the first event; shard_size:
-    patients per output shard; batch_size: patients sampled concurrently."""
+    first event; seed; max_new_tokens: the token budget of one patient's whole timeline (across
+    windows); start_date of the first event, or start_dates: each patient's first event on one
+    of these, drawn per patient (`calendar_window` gives a dataset's own record starts, so a
+    cohort follows its data's calendar); end_date: no event after it (the timeline ends with
+    `[EOR]` where its next event would pass it; None: the model decides); shard_size: patients
+    per output shard; batch_size: patients sampled concurrently."""
 
     n_patients: int
     sex: str | None = None
@@ -54,9 +63,11 @@ class CohortSpec:
     age_max: float | None = None
     starting_code: str | None = None
     seed: int = 0
-    max_new_tokens: int = 256
+    max_new_tokens: int = 8192
     temperature: float = 1.0
     start_date: dt.datetime = dt.datetime(2020, 1, 1)
+    end_date: dt.datetime | None = None
+    start_dates: tuple[dt.datetime, ...] = ()
     shard_size: int = 1000
     batch_size: int = 64
     first_static_family: str = "SEX"
@@ -65,6 +76,31 @@ class CohortSpec:
         check_ints(self, ("n_patients", "max_new_tokens", "shard_size", "batch_size"), "CohortSpec")
         if self.age_min is not None and self.age_max is not None and self.age_min >= self.age_max:
             raise ValueError(f"CohortSpec.age_min: {self.age_min} must be below age_max {self.age_max}")
+        last = max(self.start_dates) if self.start_dates else self.start_date
+        if self.end_date is not None and self.end_date <= last:
+            raise ValueError(f"CohortSpec.end_date: {self.end_date.isoformat()} must be after every start date "
+                             f"(the last is {last.isoformat()})")
+
+    def patient_start(self, i: int) -> dt.datetime:
+        """Patient i's first event date (the same for a given seed and i, whatever the order)."""
+        if not self.start_dates:
+            return self.start_date
+        return self.start_dates[int(np.random.default_rng([self.seed, i, 1]).integers(len(self.start_dates)))]
+
+
+def calendar_window(meds_dir: str | Path, split: str | None = S.TRAIN) -> tuple[tuple[dt.datetime, ...], dt.datetime]:
+    """A dataset's calendar: each subject's first event (birth aside) in `split`, and the end of
+    its follow-up (dataset.json's observation_end, else the last event); starts before the end only."""
+    ds = MEDSDataset(meds_dir)
+    events = ds.scan().filter(pl.col(S.TIME).is_not_null() & (pl.col(S.CODE) != S.BIRTH_CODE))
+    if split is not None:
+        events = events.filter(pl.col(S.SUBJECT_ID).is_in(ds.subjects(split).implode()))
+    starts = events.group_by(S.SUBJECT_ID).agg(pl.col(S.TIME).min()).collect()[S.TIME].sort()
+    if not len(starts):
+        raise ValueError(f"{meds_dir}: no timed events{'' if split is None else f' in the {split} split'}")
+    end = observation_end(ds) or events.select(pl.col(S.TIME).max()).collect().item()
+    kept = tuple(t for t in starts.to_list() if t < end)  # a record that starts on the last day has no room
+    return kept or (starts[0] - dt.timedelta(days=1),), end
 
 
 def allowed_age_ids(vocab, age_min: float | None, age_max: float | None) -> list[int]:
@@ -130,6 +166,61 @@ async def _prefixes(engine: Engine, spec: CohortSpec, ids: range, rng: np.random
     return out
 
 
+def _age_at(vocab, age0: int, body: np.ndarray, start: int) -> int:
+    """The age band at body[start]: the last band change written before it (vocabularies with the
+    age in the timeline), else the starting band moved on by the time the gaps before it add up to."""
+    if vocab.config.age_in_timeline:
+        ages = np.flatnonzero(vocab.kinds[body[:start]] == F.KIND_AGE)
+        return int(body[ages[-1]]) if len(ages) else age0
+    if age0 not in set(vocab.age_ids.tolist()):
+        return age0
+    w = vocab.config.age_band_years
+    years = float(vocab.gap_decode_s[body[:start]].sum()) / (365.25 * 86_400)
+    k = int(np.flatnonzero(vocab.age_ids == age0)[0])
+    return int(vocab.age_ids[min(int((k * w + w / 2 + years) // w), len(vocab.age_ids) - 1)])
+
+
+async def _timelines(engine: Engine, spec: CohortSpec, heads: list[list[int]], ids: range, stops: tuple[int, ...],
+                     banned: tuple[int, ...], start: dt.datetime) -> list[tuple[list[int], str, int]]:
+    """Generate each head's timeline (head: static + age + [SOT] + start) to its end: (generated
+    ids, how it ended, windows used). The first window continues the head; each next one is
+    `window_prompt` over everything so far, with room for half a context of new tokens. Every
+    window of a patient has its own seed, from the cohort's seed and the patient's number."""
+    vocab = engine.vocab
+    ctx = engine.max_model_len
+    room = ctx - max(ctx // 2, 16)  # prompt tokens of a continuing window
+    n_static = [h.index(F.SOT_ID) - 1 for h in heads]
+    gens: list[list[int]] = [[] for _ in heads]
+    ends: list[str | None] = [None] * len(heads)
+    windows = [0] * len(heads)
+    span_s = None if spec.end_date is None else (spec.end_date - start).total_seconds()
+    while todo := [k for k, e in enumerate(ends) if e is None]:
+        prompts, sampling = [], []
+        for k in todo:
+            h, m = heads[k], n_static[k]
+            if not gens[k] or len(h) + len(gens[k]) <= room:
+                prompt = h + gens[k]
+            else:
+                body = np.asarray(h[m + 1:] + gens[k], dtype=np.int64)
+                prompt = window_prompt(vocab, h[:m], body, room, partial(_age_at, vocab, h[m], body))
+            horizon = None if span_s is None else span_s - float(vocab.gap_decode_s[gens[k]].sum())
+            prompts.append(prompt)
+            sampling.append(Sampling(
+                n=1, max_tokens=min(spec.max_new_tokens - len(gens[k]), ctx - len(prompt) - 1),
+                temperature=spec.temperature, seed=(spec.seed * 7_919 + ids[k]) * 1_009 + windows[k],
+                stop_token_ids=stops, banned_token_ids=banned, horizon_s=horizon))
+        comps = await engine.sample(prompts, sampling)
+        for k, c in zip(todo, comps):
+            new = list(c[0].token_ids)
+            gens[k] += new
+            windows[k] += 1
+            if new and new[-1] in stops:
+                ends[k] = "death" if new[-1] != F.EOR_ID else "end_of_record"
+            elif not new or len(gens[k]) >= spec.max_new_tokens:
+                ends[k] = "max_tokens"
+    return [(g, e, w) for g, e, w in zip(gens, ends, windows)]
+
+
 async def generate_cohort(
     engine: Engine,
     spec: CohortSpec,
@@ -139,45 +230,47 @@ async def generate_cohort(
 ) -> dict:
     """Generate `spec.n_patients` synthetic patients into the MEDS dataset `out_dir` (atomic).
     Returns a report: patients, events, tokens, dropped tokens by reason and the dropped rate,
-    how timelines ended. `progress(done, total)` is called after every batch."""
+    how timelines ended (`ended_death`, `ended_end_of_record` (the end date included),
+    `ended_max_tokens`), windows per timeline. `progress(done, total)` after every batch."""
     import asyncio
 
     vocab = engine.vocab
     validate_spec(vocab, spec)
-    rng = np.random.default_rng(spec.seed)
     death = vocab.code_to_id.get(S.DEATH_CODE)
     stops = tuple(t for t in (death, F.EOR_ID) if t is not None)
     banned = body_banned_ids(vocab)
     start = [vocab.code_to_id[spec.starting_code]] if spec.starting_code else []
-    max_new = min(spec.max_new_tokens, engine.max_model_len - 1 - len(start) - 16)
     report: Counter = Counter()
     codes_seen: set[str] = set()
-    done = 0
+    running = asyncio.Semaphore(spec.batch_size)
+    done = finished = 0
+
+    async def patient(i: int) -> pl.DataFrame:
+        """One synthetic patient, start to end; up to `batch_size` of them run at once, and each
+        that ends makes room for the next, so a long timeline holds up no batch."""
+        nonlocal finished
+        async with running:
+            head = (await _prefixes(engine, spec, range(i, i + 1), np.random.default_rng([spec.seed, i])))[0]
+            head = head + [F.SOT_ID] + start
+            first = spec.patient_start(i)
+            ((gen, end, windows),) = await _timelines(engine, spec, [head], range(i, i + 1), stops, banned, first)
+        frame, rep = decode(vocab, head + gen, start_time=first, subject_id=i + 1, seed=spec.seed + i)
+        report.update({k: v for k, v in rep.items() if k.startswith("dropped_") or k in ("events", "tokens_in")})
+        report["generated_tokens"] += len(gen)
+        report[f"ended_{end}"] += 1
+        report["windows"] += windows
+        report["windows_max"] = max(report["windows_max"], windows)
+        report["generated_tokens_max"] = max(report["generated_tokens_max"], len(gen))
+        finished += 1
+        if progress is not None and (finished % 16 == 0 or finished == spec.n_patients):
+            progress(finished, spec.n_patients)
+        return frame
+
     with MEDSWriter(out_dir) as writer:
         shard_no = 0
         while done < spec.n_patients:
             n_shard = min(spec.shard_size, spec.n_patients - done)
-            frames = []
-            for b0 in range(done, done + n_shard, spec.batch_size):
-                ids = range(b0, min(b0 + spec.batch_size, done + n_shard))
-                prefixes = await _prefixes(engine, spec, ids, rng)
-                prompts = [p + [F.SOT_ID] + start for p in prefixes]
-                comps = await engine.sample(prompts, [
-                    Sampling(n=1, max_tokens=max_new, temperature=spec.temperature, seed=spec.seed * 7_919 + i,
-                             stop_token_ids=stops, banned_token_ids=banned)
-                    for i in ids
-                ])
-                for i, p, c in zip(ids, prompts, comps):
-                    gen = list(c[0].token_ids)
-                    frame, rep = decode(vocab, p + gen, start_time=spec.start_date, subject_id=i + 1, seed=spec.seed + i)
-                    report.update({k: v for k, v in rep.items() if k.startswith("dropped_") or k in ("events", "tokens_in")})
-                    report["generated_tokens"] += len(gen)
-                    end = "death" if gen and gen[-1] == death else "end_of_record" if gen and gen[-1] == F.EOR_ID else "max_tokens"
-                    report[f"ended_{end}"] += 1
-                    frames.append(frame)
-                if progress is not None:
-                    progress(ids[-1] + 1, spec.n_patients)
-            shard = pl.concat(frames)
+            shard = pl.concat(await asyncio.gather(*(patient(i) for i in range(done, done + n_shard))))
             codes_seen.update(shard[S.CODE].unique().to_list())
             await asyncio.to_thread(writer.write_shard, f"train/{shard_no}", shard)
             shard_no += 1
@@ -197,17 +290,21 @@ async def generate_cohort(
     out = {k: int(v) for k, v in sorted(report.items())}
     out["patients"] = spec.n_patients
     out["dropped_rate"] = round(report["dropped_total"] / max(report["tokens_in"], 1), 6)
-    log.info("cohort of %d patients: %d events, dropped rate %.4f", spec.n_patients, out.get("events", 0), out["dropped_rate"])
+    out["truncated_share"] = round(report["ended_max_tokens"] / spec.n_patients, 4)
+    log.info("cohort of %d patients: %d events, dropped rate %.4f, %d ended at the token budget", spec.n_patients,
+             out.get("events", 0), out["dropped_rate"], report["ended_max_tokens"])
     return out
 
 
-def zip_dataset(root: str | Path, zip_path: str | Path) -> Path:
-    """The dataset folder as one zip (parquet is already compressed: stored, not deflated)."""
+def zip_dataset(root: str | Path, zip_path: str | Path, extra: Sequence[Path] = ()) -> Path:
+    """The dataset folder as one zip (parquet is already compressed: stored, not deflated), and
+    each folder in `extra` under its own name beside it (a cohort's evidence)."""
     root = Path(root)
     with atomic_file(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
-        for p in sorted(root.rglob("*")):
-            if p.is_file():
-                z.write(p, p.relative_to(root).as_posix())
+        for base, prefix in [(root, ""), *((Path(e), Path(e).name + "/") for e in extra)]:
+            for p in sorted(base.rglob("*")):
+                if p.is_file():
+                    z.write(p, prefix + p.relative_to(base).as_posix())
     return Path(zip_path)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -134,6 +134,17 @@ def build_prompt(
     age = vocab.age_token(birth_us, int(times[start]))
     codes = Counter({k: v for k, v in enc.report.items() if k.startswith("codes_")})
     return Prompt(_prefix(vocab, static, age, tokens, start), [int(t) for t in tokens[start:]], int(times[-1]), codes)
+
+
+def window_prompt(vocab: Vocabulary, static: Sequence[int], body: Sequence[int], max_tokens: int,
+                  age_at: Callable[[int], int]) -> list[int]:
+    """A generated timeline's next prompt, laid out like a training window: static tokens, the age
+    band at the first kept body token (`age_at(start)`), the history summary of the body cut, then
+    the most recent body tokens from an event on, all within `max_tokens`. Cohorts use it to go
+    on generating past the context (a sliding window); a body that fits is kept whole."""
+    tokens = np.asarray(body, dtype=np.int64)
+    start = _body_start(vocab, tokens, len(static), max_tokens)
+    return _prefix(vocab, [int(t) for t in static], age_at(start), tokens, start) + tokens[start:].tolist()
 
 
 def resolve_outcome_codes(vocab: Vocabulary, codes: Sequence[str]) -> dict[str, list[int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import time
@@ -108,7 +109,8 @@ def test_forecast_small_population_is_suppressed(server, forecaster):
 
 
 def test_cohort_job_lifecycle(generator, admin, forecaster, tmp_path):
-    r = generator.post("/v1/cohorts", json={"n_patients": 12, "sex": "F", "age_min": 40, "age_max": 80, "seed": 1})
+    r = generator.post("/v1/cohorts", json={"n_patients": 12, "sex": "F", "age_min": 40, "age_max": 80, "seed": 1,
+                                            "start_date": "2015-01-01", "end_date": "2019-12-31"})
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["status"] in ("queued", "running")
@@ -132,6 +134,8 @@ def test_cohort_job_lifecycle(generator, admin, forecaster, tmp_path):
     csv = pl.read_csv(io.BytesIO(c.content))
     assert csv[S.SUBJECT_ID].n_unique() == 12
     assert set(csv.filter(pl.col(S.CODE).str.starts_with("SEX//"))[S.CODE]) == {"SEX//F"}
+    timed = csv.filter(pl.col(S.TIME).is_not_null() & (pl.col(S.CODE) != S.BIRTH_CODE))[S.TIME].str.to_datetime()
+    assert timed.min() >= dt.datetime(2015, 1, 1) and timed.max() <= dt.datetime(2019, 12, 31)  # the calendar window
     assert generator.get("/v1/cohorts/nope").status_code == 404
     assert generator.get(f"/v1/cohorts/{job['id']}/download", params={"format": "xml"}).status_code == 422
 

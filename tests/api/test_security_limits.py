@@ -71,6 +71,10 @@ def test_other_limits(forecaster, generator):
     assert r.status_code == 422 and ["body", "age_min"] in _loc(r)
     r = generator.post("/v1/cohorts", json={"n_patients": 2, "starting_code": "NOT//ACODE"})
     assert r.status_code == 422 and ["body", "starting_code"] in _loc(r)
+    r = generator.post("/v1/cohorts", json={"n_patients": 2, "start_date": "2020-01-01", "end_date": "2019-06-01"})
+    assert r.status_code == 422 and ["body", "end_date"] in _loc(r) and "must be after start_date" in r.text
+    r = generator.post("/v1/cohorts", json={"n_patients": 2, "start_date": "9999-01-01"})
+    assert r.status_code == 422 and ["body", "start_date"] in _loc(r) and "outside 1900-01-01" in r.text
 
 
 def test_body_size_limit_is_413(forecaster):

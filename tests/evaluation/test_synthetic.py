@@ -27,8 +27,11 @@ from nightingale.evaluation.synthetic import (
     privacy_report,
     utility_report,
 )
+from nightingale.evaluation.synthetic.attribute import attribute_inference
 from nightingale.evaluation.synthetic.events import timed_events
+from nightingale.evaluation.synthetic.evidence import cohort_evidence
 from nightingale.evaluation.synthetic.ngrams import copy_share
+from nightingale.evaluation.synthetic.release import ReleaseConfig, release_check
 from nightingale.evaluation.synthetic.summary import BASE_COLUMNS, count_column
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -279,3 +282,52 @@ def test_evaluate_synthetic_and_plots(cohort, tmp_path):
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         SyntheticEvalConfig(**{field: value})
+
+
+def test_attribute_inference_learns_training_patients_from_a_copy_only(cohort):
+    train, held = cohort[S.TRAIN], cohort[S.HELD_OUT]
+    copy = attribute_inference(train, train, held, seed=0)
+    indep = attribute_inference(cohort["independent"], train, held, seed=0)
+    _json_ok(copy)
+    # a copy hands the attacker each member's own record: every sensitive code found
+    assert copy["attribute/recall_members"] == 1.0 and copy["attribute/advantage"] > 0.3
+    assert copy["attribute/n_members"] > 500 and copy["attribute/sensitive_codes"] == 20
+    # an independent cohort: members are guessed no better than patients it never saw
+    assert abs(indep["attribute/advantage"]) < 3 * indep["attribute/advantage_se"] + 0.02
+
+
+def test_the_release_check_refuses_copies_and_releases_an_independent_cohort(cohort):
+    train, held = cohort[S.TRAIN], cohort[S.HELD_OUT]
+
+    def privacy(synth):
+        p = privacy_report(synth, train, held, seed=0)
+        return {**p, **attribute_inference(synth, train, held, seed=0)}
+
+    cfg = ReleaseConfig()
+    copy = release_check(privacy(train.filter(pl.col(S.SUBJECT_ID) < pl.col(S.SUBJECT_ID).max() // 3)), cfg)
+    indep = release_check(privacy(cohort["independent"]), cfg)
+    assert not copy["released"]
+    failed = {c["check"] for c in copy["checks"] if not c["passed"]}
+    assert {"exact_copies", "copied_runs", "attribute_inference"} <= failed
+    assert any(r.startswith("exact_copies: 1.0 is over the limit 0.0") for r in copy["reasons"])
+    assert indep["released"] and indep["reasons"] == [], indep
+    # nothing to check against: nothing is released
+    none = release_check(None, cfg)
+    assert not none["released"] and "serve.cohort_reference" in none["reasons"][0]
+    with pytest.raises(ValueError, match=r"serve.release.mia_tolerance: a number in \[0, 1\]"):
+        ReleaseConfig.from_mapping({"mia_tolerance": 2})
+    with pytest.raises(ValueError, match="serve.release: unknown"):
+        ReleaseConfig.from_mapping({"mia": 0.1})
+
+
+def test_a_cohorts_evidence_is_written_beside_it_with_its_verdict(cohort, tmp_path):
+    res = cohort_evidence(cohort["root"].parent / "other", cohort["root"], tmp_path / "evidence",
+                          release=ReleaseConfig())
+    assert res["release"]["released"] and res["headline"]["utility/auc_trtr"] > 0.6
+    saved = json.loads((tmp_path / "evidence" / "evidence.json").read_text())
+    assert saved["headline"] == res["headline"] and saved["patients"] == 300
+    assert "attribute/advantage" in saved["evidence"]["privacy"]
+    md = (tmp_path / "evidence" / "evidence.md").read_text()
+    assert "Release check: **released**" in md and "| utility/ratio |" in md
+    assert {p.name for p in (tmp_path / "evidence" / "plots").iterdir()} == {
+        "prevalence.png", "events_per_subject.png", "dcr.png"}

@@ -219,6 +219,7 @@ def serving(tmp_root: Path) -> Server:
             "cohort_max_new_tokens": 160,
             "max_new_tokens": 400,
             "datasets": {DATASET: str(root / "meds")},
+            "cohort_reference": DATASET,  # the test model's own training data: every cohort is judged
         }
         _SERVER = Server(cfg).start()
     return _SERVER

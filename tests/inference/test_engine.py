@@ -19,9 +19,10 @@ from nightingale.inference.cohorts import CohortSpec, generate_cohort
 from nightingale.inference.engine import Sampling
 from nightingale.inference.forecast import ForecastConfig, forecast, outcome_token_ids
 from nightingale.inference.next_events import next_events
-from nightingale.inference.prompts import Event, body_banned_ids, build_prompt
+from nightingale.inference.prompts import Event, body_banned_ids, build_prompt, window_prompt
 from nightingale.inference.rollouts import DEATH, HORIZON, RolloutConfig, sample_rollouts
 from nightingale.tokenizer import families as F
+from nightingale.tokenizer.summary import history_summary
 from tests.inference.harness import NEVER_CODE, TRIGGER_CODE
 
 pytestmark = pytest.mark.slow
@@ -128,6 +129,37 @@ def test_next_events_distribution(server, engine, vocab):
     assert trig.events[0][0] == S.DEATH_CODE and trig.events[0][1] > 0.999
     assert trig.p_death_next > 0.999 and trig.time_to_next[0].probability > 0.999
     assert NEVER_CODE not in [c for c, _ in ne.events]
+
+
+def test_a_cohort_timeline_goes_on_past_the_context_until_it_ends(server, engine, vocab, tmp_path):
+    """Whole timelines: generation continues in sliding windows past the model's context (here 256
+    tokens) until death, end of record or the end date; nothing is dated after the end date."""
+    end = dt.datetime(2035, 1, 1)
+    spec = CohortSpec(n_patients=16, seed=5, batch_size=16, max_new_tokens=3000, end_date=end)
+    rep = server.run(generate_cohort(engine, spec, tmp_path / "cohort"))
+    assert validate_meds(tmp_path / "cohort").ok
+    assert rep["generated_tokens_max"] > engine.max_model_len and rep["windows_max"] >= 2, rep
+    assert rep["ended_death"] + rep["ended_end_of_record"] + rep.get("ended_max_tokens", 0) == 16
+    assert rep.get("ended_max_tokens", 0) <= 1 and rep["dropped_rate"] <= DROPPED_RATE_MAX, rep
+    df = pl.read_parquet(tmp_path / "cohort" / "data")
+    timed = df.filter(pl.col(S.TIME).is_not_null() & (pl.col(S.CODE) != S.BIRTH_CODE))
+    assert timed[S.TIME].min() >= spec.start_date and timed[S.TIME].max() <= end
+
+
+def test_a_window_over_a_long_timeline_is_laid_out_like_a_training_window(vocab):
+    rng = np.random.default_rng(0)
+    codes = np.flatnonzero(vocab.kinds == F.KIND_CODE)
+    gaps = np.flatnonzero(vocab.gap_decode_s > 0)
+    body = [F.SOT_ID] + [int(t) for _ in range(300) for t in (rng.choice(codes), rng.choice(gaps))]
+    static, age0 = [int(np.flatnonzero(vocab.is_static)[0])], int(vocab.age_ids[3])
+    starts = []
+    prompt = window_prompt(vocab, static, body, 128, lambda start: starts.append(start) or age0)
+    (start,) = starts  # the age band is asked for at the first kept token
+    assert vocab.kinds[body[start]] == F.KIND_CODE and start > 0  # cut at an event, the most recent kept
+    summary = history_summary(vocab, np.array(body[:start])).tolist()
+    assert len(summary) > 0 and prompt == static + [age0] + summary + body[start:] and len(prompt) <= 128
+    short = body[:21]  # a timeline that fits is kept whole, [SOT] and all
+    assert window_prompt(vocab, static, short, 128, lambda start: age0) == static + [age0] + short
 
 
 DROPPED_RATE_MAX = 0.02  # the stated bound: at most 2% of generated tokens dropped at decode

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from nightingale import schema as S
 from nightingale.atomic import atomic_file
 from nightingale.config import check_ints
+from nightingale.evaluation.synthetic.attribute import attribute_inference
 from nightingale.evaluation.synthetic.events import EventsLike, load_events
 from nightingale.evaluation.synthetic.fidelity import (
     events_per_subject,
@@ -85,7 +86,8 @@ def evaluate_synthetic(
     """Fidelity, privacy and utility of `synth` (plain JSON-able values; None where undefined).
 
     Returns {"fidelity": fidelity_report(synth, train), "fidelity_reference":
-    fidelity_report(held_out, train) (when cfg.reference), "privacy": privacy_report(...),
+    fidelity_report(held_out, train) (when cfg.reference), "privacy": privacy_report(...) with
+    attribute_inference(...)'s keys,
     "utility": utility_report(...), "seconds": {...}, "config": {...}}.
     """
     cfg = cfg or SyntheticEvalConfig()
@@ -128,11 +130,14 @@ def evaluate_synthetic(
             ),
         ),
     ]
+    steps.append(("attribute", lambda: attribute_inference(synth, train, held_out, max_subjects=cfg.max_subjects,
+                                                             seed=cfg.seed)))
     for name, step in steps:
         start = time.perf_counter()
         out[name] = step()
         seconds[name] = round(time.perf_counter() - start, 3)
         log.info("synthetic evaluation: %s done in %.1f s", name, seconds[name])
+    out["privacy"].update(out.pop("attribute"))
     out["seconds"] = seconds
     out["config"] = {**dataclasses.asdict(cfg), "outcome_codes": list(cfg.outcome_codes)}
     return out
