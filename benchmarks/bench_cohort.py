@@ -9,7 +9,8 @@ follow the training data's calendar (each starts on a date drawn from the traini
 first events and ends by their end of follow-up), so like is compared with like. With
 `--evidence`, the first cohort is also judged against the training and held-out data the way the
 evaluation does (fidelity, privacy, and utility: a mortality model trained on the cohort and
-tested on real held-out patients, TSTR, against one trained on real data, TRTR).
+tested on real held-out patients, TSTR, against one trained on real data, TRTR), and each task of
+`--tasks` (default mortality_1y) is scored TSTR against TRTR with the supervised baseline.
 
     make demo
     .venv/bin/python benchmarks/bench_cohort.py --model runs/demo/train/model --meds runs/demo/meds \\
@@ -61,6 +62,9 @@ def main() -> int:
     ap.add_argument("--end-date", type=dt.datetime.fromisoformat, default=None,
                     help="no event after it (default: the training data's end of follow-up)")
     ap.add_argument("--no-calendar", action="store_true", help="no calendar window: start 2020-01-01, no end date")
+    ap.add_argument("--tasks", type=Path, nargs="*",
+                    default=[Path("configs/eval/tasks/simulator/mortality_1y.yaml")],
+                    help="with --evidence: task YAMLs scored TSTR against TRTR with the supervised baseline")
     args = ap.parse_args()
 
     real_death, real_n = death_share(args.meds, S.TRAIN)
@@ -121,6 +125,15 @@ def main() -> int:
                             "ngram/copy_share_held_out"],
                 "fidelity": ["prevalence/pearson", "cooccurrence/pearson", "events_per_subject/ks"]}
         head = {k: {m: ev[k].get(m) for m in ms} for k, ms in keys.items()}
+        from nightingale.data.meds_io import MEDSDataset
+        from nightingale.evaluation.synthetic.task_utility import task_utility
+        from nightingale.evaluation.tasks import load_task
+
+        head["tasks"] = {}
+        for path in args.tasks:
+            task = load_task(path)
+            head["tasks"][task.name] = task_utility(MEDSDataset(args.out / f"cohort_{args.patients[0]}"),
+                                                    MEDSDataset(args.meds), task, window["end_date"])
         print(json.dumps(head, indent=1))
         report["evidence"] = {**head, "seconds": round(time.perf_counter() - t0, 1)}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,8 @@ queued, and at most MAX_QUEUED wait or run. A job is visible only to the key tha
 (and admin keys). On shutdown running jobs are cancelled and marked so.
 
 - cohort: `meds/` (the MEDS dataset, atomic), `evidence/` (its fidelity, privacy and utility
-  against the reference data, and the release verdict), then `cohort.zip` (both) and `cohort.csv`;
+  against the reference data, and the release verdict), then `cohort.zip` (both), `cohort.csv`
+  and, for a model of OMOP concepts, `cohort-omop.zip` (OMOP CDM 5.4 tables and the evidence);
 - population: the population job's folder (inference/population/job.py), then `results.zip`.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nightingale.atomic import atomic_file
+from nightingale.data.omop.export import export_omop
 from nightingale.evaluation.synthetic.evidence import cohort_evidence
 from nightingale.evaluation.synthetic.release import ReleaseConfig, release_check
 from nightingale.inference.cohorts import dataset_to_csv, generate_cohort, zip_dataset
@@ -65,7 +67,7 @@ class Job:
         return self.dir / "meds"
 
     def file(self, fmt: str) -> Path:
-        return self.dir / {"meds": "cohort.zip", "csv": "cohort.csv", "zip": "results.zip"}[fmt]
+        return self.dir / {"meds": "cohort.zip", "csv": "cohort.csv", "omop": "cohort-omop.zip", "zip": "results.zip"}[fmt]
 
 
 Work = Callable[[Job], Awaitable[None]]
@@ -171,6 +173,20 @@ async def judge_cohort(job: Job, reference: str | Path | None, release: ReleaseC
     extra = [job.dir / "evidence"] if (job.dir / "evidence").is_dir() else []
     await asyncio.to_thread(zip_dataset, job.meds_dir, job.file("meds"), extra)
     await asyncio.to_thread(dataset_to_csv, job.meds_dir, job.file("csv"))
+    if reference is not None:
+        await asyncio.to_thread(_omop_download, job, Path(reference), extra)
+
+
+def _omop_download(job: Job, reference: Path, extra: list[Path]) -> None:
+    """The cohort as OMOP CDM 5.4 tables (`cohort-omop.zip`), when the model's codes are OMOP
+    concepts: the reference data came from import-omop (its codes.parquet has omop_concept_id)."""
+    import polars as pl
+
+    codes = pl.read_parquet(reference / "metadata" / "codes.parquet")
+    if "omop_concept_id" not in codes.columns or codes["omop_concept_id"].is_null().all():
+        return
+    export_omop(job.meds_dir, job.dir / "omop", codes, overwrite=True)
+    zip_dataset(job.dir / "omop", job.file("omop"), extra)
 
 
 def released(job: Job) -> bool:

@@ -285,6 +285,8 @@ def _job_out(job, request: Request, admin: bool) -> M.CohortJob:
     if job.status == "done" and (released(job) or admin):
         base = str(request.url_for("download_cohort", job_id=job.id))
         downloads = {"meds": f"{base}?format=meds", "csv": f"{base}?format=csv"}
+        if job.file("omop").exists():
+            downloads["omop"] = f"{base}?format=omop"
     report = dict(job.report or {})
     return M.CohortJob(id=job.id, status=job.status, n_patients=job.spec.n_patients, done_patients=job.done,
                        created_at=job.created_at, report=report or None, error=job.error, downloads=downloads,
@@ -347,8 +349,9 @@ async def get_cohort(job_id: str, request: Request, key: GenerateKey):
 @router.get("/v1/cohorts/{job_id}/download", tags=["generate"], name="download_cohort",
             responses={**AUTH_RESPONSES, 404: {"model": M.ErrorOut}, 409: {"model": M.ErrorOut}})
 async def download_cohort(job_id: str, request: Request, key: GenerateKey,
-                          format: Annotated[Literal["meds", "csv"], Query()] = "meds"):
-    """The finished cohort: a zipped MEDS dataset (format=meds) or one CSV of events (format=csv)."""
+                          format: Annotated[Literal["meds", "csv", "omop"], Query()] = "meds"):
+    """The finished cohort: a zipped MEDS dataset (format=meds), one CSV of events (format=csv) or
+    zipped OMOP CDM 5.4 tables (format=omop, for a model trained on OMOP concepts)."""
     st = _state(request)
     job = st.jobs.get(job_id, key.id, "admin" in key.scopes, COHORT)
     _note(request, patients=job.spec.n_patients)
@@ -359,5 +362,8 @@ async def download_cohort(job_id: str, request: Request, key: GenerateKey,
         return JSONResponse({"detail": f"the cohort failed its release check and is kept for the operator: {why}"},
                             status_code=403)
     path = job.file(format)
-    media = "application/zip" if format == "meds" else "text/csv"
-    return FileResponse(path, media_type=media, filename=f"cohort-{job.id}.{'zip' if format == 'meds' else 'csv'}")
+    if format == "omop" and not path.exists():
+        return JSONResponse({"detail": "no OMOP export: the model's codes are not OMOP concepts (its reference data "
+                                       "did not come from import-omop)"}, status_code=409)
+    media, ext = ("text/csv", "csv") if format == "csv" else ("application/zip", "zip")
+    return FileResponse(path, media_type=media, filename=f"cohort-{job.id}{'-omop' if format == 'omop' else ''}.{ext}")

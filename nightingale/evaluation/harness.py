@@ -281,7 +281,9 @@ class Harness:
                                labels[S.PREDICTION_TIME].to_numpy(), outcome, task.horizon_days,
                                n_samples=n_samples)
 
-    def synthetic(self, cfg: SyntheticConfig) -> dict[str, Any]:
+    def synthetic(self, cfg: SyntheticConfig, tasks: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The model's cohort (and PAR's) against the real data; with `tasks`, each plain task
+        (not ACES or label files) is also scored TSTR against TRTR (synthetic/task_utility.py)."""
         from nightingale.evaluation.synthetic.events import load_events
         from nightingale.evaluation.synthetic.report import (
             SyntheticEvalConfig,
@@ -323,6 +325,12 @@ class Harness:
                 res = evaluate_synthetic(events, train, held, ecfg)
                 paths = plot_synthetic(events, train, held, self.out / "plots" / f"synthetic_{name}", ecfg)
             res["plots"] = {k: str(Path(v).relative_to(self.out)) for k, v in paths.items()}
+            plain = {n: t for n, t in (tasks or {}).items() if isinstance(t, Task)}
+            if plain:
+                from nightingale.evaluation.synthetic.task_utility import task_utility
+
+                with self.progress.status(f"synthetic cohort ({name}): TSTR on {len(plain)} task(s)"):
+                    res["task_utility"] = {n: task_utility(events, self.meds, t, end) for n, t in plain.items()}
             out[name] = {**extra, **res}
         self.timings["synthetic_checks_s"] = time.perf_counter() - t0
         return out

@@ -132,6 +132,10 @@ def markdown(report: Mapping[str, Any]) -> str:
             vals = [_f((syn[s].get(sec) or {}).get(key)) for s in syn]
             if any(v != "n/a" for v in vals):
                 lines.append(f"| {sec}.{key} | " + " | ".join(vals) + " |")
+        for task in dict.fromkeys(t for s in syn.values() for t in (s.get("task_utility") or {})):
+            for key in ("auc_tstr", "auc_trtr", "ratio"):
+                vals = [_f(((syn[s].get("task_utility") or {}).get(task) or {}).get(key)) for s in syn]
+                lines.append(f"| task_utility.{task}.{key} | " + " | ".join(vals) + " |")
         for s in syn.values():
             for kind, rel in (s.get("plots") or {}).items():
                 lines.append(f"\n![{kind}]({rel})")

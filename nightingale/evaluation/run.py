@@ -46,7 +46,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
                     entry["plots"] = task_plots(name, entry, work / "plots")
                     entry.pop("_preds", None)
             if cfg.synthetic:
-                report["synthetic"] = h.synthetic(cfg.synthetic)
+                report["synthetic"] = h.synthetic(cfg.synthetic, task_defs)
         finally:
             h.close()
         report["timings"] = {**h.timings, "total_s": time.perf_counter() - t_start}

@@ -2,7 +2,8 @@
 
 A training window starts `static codes, age band, [SOT], events...` (tokenizer/corpus.py), so a
 synthetic patient is generated in the same order:
-1. the first static code (the family in `first_static_family`, by default sex): the requested one,
+1. the first static code (the family in `first_static_family`, by default sex: `SEX` as the
+   simulator and MEDS data code it, `Gender` as OMOP does): the requested one,
    or drawn from the training counts in the vocabulary (the model never predicts a window's first
    token, so it cannot sample it);
 2. the other static codes and the age band, sampled *by the model* with sampling restricted to
@@ -70,7 +71,7 @@ class CohortSpec:
     start_dates: tuple[dt.datetime, ...] = ()
     shard_size: int = 1000
     batch_size: int = 64
-    first_static_family: str = "SEX"
+    first_static_family: str | None = None
 
     def __post_init__(self) -> None:
         check_ints(self, ("n_patients", "max_new_tokens", "shard_size", "batch_size"), "CohortSpec")
@@ -116,6 +117,18 @@ def allowed_age_ids(vocab, age_min: float | None, age_max: float | None) -> list
     return out
 
 
+SEX_FAMILIES = ("SEX", "Gender")  # the simulator's and MEDS ETLs' code, OMOP's (import-omop)
+
+
+def sex_family(vocab, family: str | None) -> str:
+    """The static family a cohort's first code (and `sex`) comes from: `family` when given, else
+    the first of SEX_FAMILIES the vocabulary has static codes of ("" when none)."""
+    if family:
+        return family
+    have = {F.family_of(vocab.codes[i] or "") for i in np.flatnonzero(vocab.is_static)}
+    return next((f for f in SEX_FAMILIES if f in have), "")
+
+
 def _static_ids(vocab, family: str) -> tuple[np.ndarray, np.ndarray]:
     """(first-family static token ids, the other static token ids)."""
     ids = np.flatnonzero(vocab.is_static)
@@ -125,9 +138,10 @@ def _static_ids(vocab, family: str) -> tuple[np.ndarray, np.ndarray]:
 
 def validate_spec(vocab, spec: CohortSpec) -> None:
     """ValueError naming the field when a spec cannot be honoured by this vocabulary."""
-    first, _ = _static_ids(vocab, spec.first_static_family)
+    family = sex_family(vocab, spec.first_static_family)
+    first, _ = _static_ids(vocab, family)
     if spec.sex is not None:
-        code = f"{spec.first_static_family}{S.CODE_SEPARATOR}{spec.sex}"
+        code = f"{family}{S.CODE_SEPARATOR}{spec.sex}"
         if code not in vocab.code_to_id or vocab.code_to_id[code] not in set(first.tolist()):
             have = [vocab.codes[i] for i in first]
             raise ValueError(f"sex: {spec.sex!r} is not a static code of this model; have {have}")
@@ -138,10 +152,11 @@ def validate_spec(vocab, spec: CohortSpec) -> None:
 
 async def _prefixes(engine: Engine, spec: CohortSpec, ids: range, rng: np.random.Generator) -> list[list[int]]:
     vocab = engine.vocab
-    first, others = _static_ids(vocab, spec.first_static_family)
+    family = sex_family(vocab, spec.first_static_family)
+    first, others = _static_ids(vocab, family)
     ages = allowed_age_ids(vocab, spec.age_min, spec.age_max)
     if spec.sex is not None:
-        heads = [[vocab.code_to_id[f"{spec.first_static_family}{S.CODE_SEPARATOR}{spec.sex}"]]] * len(ids)
+        heads = [[vocab.code_to_id[f"{family}{S.CODE_SEPARATOR}{spec.sex}"]]] * len(ids)
     elif len(first):
         counts = np.array([vocab.spec["counts"].get(vocab.codes[i], 0) for i in first], dtype=np.float64) + 1
         heads = [[int(first[k])] for k in rng.choice(len(first), size=len(ids), p=counts / counts.sum())]

@@ -47,6 +47,10 @@ def test_an_independent_cohort_is_released_with_its_evidence(generator):
     names = set(z.namelist())
     assert {"evidence/evidence.json", "evidence/evidence.md", "evidence/plots/dcr.png"} <= names
     assert any(n.startswith("data/train/") for n in names)
+    # the test model's codes are the simulator's, not OMOP concepts: no OMOP tables to offer
+    assert "omop" not in job["downloads"]
+    r = generator.get(f"/v1/cohorts/{job['id']}/download", params={"format": "omop"})
+    assert r.status_code == 409 and "not OMOP concepts" in r.json()["detail"]
 
 
 def test_a_cohort_copying_training_timelines_is_kept_for_the_operator(server, generator, admin):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -331,3 +332,27 @@ def test_a_cohorts_evidence_is_written_beside_it_with_its_verdict(cohort, tmp_pa
     assert "Release check: **released**" in md and "| utility/ratio |" in md
     assert {p.name for p in (tmp_path / "evidence" / "plots").iterdir()} == {
         "prevalence.png", "events_per_subject.png", "dcr.png"}
+
+
+def test_task_utility_of_data_from_the_same_simulator_matches_real_training(cohort):
+    """A cohort simulated independently is as good as real training data for mortality_1y (TSTR
+    ~ TRTR); with its deaths moved to random patients it teaches nothing (TSTR ~ 0.5)."""
+    from nightingale.data.meds_io import MEDSDataset, MEDSWriter
+    from nightingale.evaluation.synthetic.task_utility import task_utility
+    from nightingale.evaluation.tasks import load_task
+
+    task = load_task(Path(__file__).resolve().parents[2] / "configs/eval/tasks/simulator/mortality_1y.yaml")
+    root = cohort["root"].parent
+    # held-out deaths within a year of a random time are rare (~1.3%): a reference large enough to score
+    simulate(SimulatorConfig(subjects=6000, shard_size=6000, seed=5), root / "big", workers=1)
+    simulate(SimulatorConfig(subjects=2000, shard_size=2000, seed=6), root / "twin", workers=1)
+    reference, twin = MEDSDataset(root / "big"), MEDSDataset(root / "twin")
+    same = task_utility(twin, reference, task)
+    assert same["labels_synth"] > 5000 and same["positives_synth"] > 50 and same["positives_held_out"] > 20
+    assert same["auc_trtr"] > 0.75 and same["ratio"] > 0.9, same
+    scrambled = _scramble_outcome(twin.scan().select(S.SUBJECT_ID, S.TIME, S.CODE, S.NUMERIC_VALUE).collect(), seed=1)
+    with MEDSWriter(root / "scrambled") as w:
+        w.write_shard("train/0", scrambled)
+        w.write_splits(pl.DataFrame({S.SUBJECT_ID: scrambled[S.SUBJECT_ID].unique(), S.SPLIT: S.TRAIN}))
+    noise = task_utility(MEDSDataset(root / "scrambled"), reference, task)
+    assert noise["auc_tstr"] < same["auc_tstr"] - 0.1, (noise, same)

@@ -85,6 +85,20 @@ def plant(model, vocab) -> None:
 
 def build_model_dir(root: Path, steps: int = 250, subjects: int = 300) -> Path:
     """Simulate, prepare, train and export the test model into `root/model` (cached there)."""
+    model_dir = root / "model"
+    if (model_dir / "model.safetensors").is_file():
+        return model_dir
+    root.mkdir(parents=True, exist_ok=True)
+    ng = str(Path(sys.executable).with_name("nightingale"))
+    if not (root / "meds").exists():
+        _run([ng, "simulate", "--subjects", str(subjects), "--seed", "0", "--out", str(root / "meds")], REPO)
+    return train_model_dir(root, steps, planted=True, about=f"simulator, {subjects} subjects (tests)")
+
+
+def train_model_dir(root: Path, steps: int, *, planted: bool = False, about: str = "tests") -> Path:
+    """Prepare `root/meds`, train a Llama of 2 layers x 64 wide on it for `steps` steps (with the
+    planted units of the module docstring when `planted`) and export it to `root/model` with a
+    passing gate report; cached there."""
     import torch
 
     from nightingale.model import ModelConfig, build_model, export_model
@@ -94,10 +108,6 @@ def build_model_dir(root: Path, steps: int = 250, subjects: int = 300) -> Path:
     model_dir = root / "model"
     if (model_dir / "model.safetensors").is_file():
         return model_dir
-    root.mkdir(parents=True, exist_ok=True)
-    ng = str(Path(sys.executable).with_name("nightingale"))
-    if not (root / "meds").exists():
-        _run([ng, "simulate", "--subjects", str(subjects), "--seed", "0", "--out", str(root / "meds")], REPO)
     if not (root / "prep" / "corpus").exists():
         _run([sys.executable, "data_prep/prepare.py", "data=meds", f"data.path={root / 'meds'}",
               f"out_dir={root / 'prep'}", "progress=false"], REPO)
@@ -107,26 +117,31 @@ def build_model_dir(root: Path, steps: int = 250, subjects: int = 300) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 threads on 2 busy cores were ~10x slower than 1 here
     model = build_model(cfg, seed=0)
-    plant(model, vocab)
+    if planted:
+        plant(model, vocab)
     sampler = WindowSampler(TokenCorpus(root / "prep" / "corpus" / "train"), vocab, 128, seed=0)
-    never, trigger = vocab.code_to_id[NEVER_CODE], vocab.code_to_id[TRIGGER_CODE]
+    never = vocab.code_to_id.get(NEVER_CODE) if planted else None
+    trigger = vocab.code_to_id.get(TRIGGER_CODE) if planted else None
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
     loss = None
     for _ in range(steps):
         batch = torch.from_numpy(np.stack([sampler.next()["input_ids"] for _ in range(16)]))
-        labels = batch.masked_fill((batch == 0) | (batch == never), -100)
-        labels[:, 1:][batch[:, :-1] == trigger] = -100  # what follows the trigger is planted
+        labels = batch.masked_fill(batch == 0, -100)
+        if planted:
+            labels = labels.masked_fill(batch == never, -100)
+            labels[:, 1:][batch[:, :-1] == trigger] = -100  # what follows the trigger is planted
         loss = model(input_ids=batch, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        plant(model, vocab)
+        if planted:
+            plant(model, vocab)
     model.eval()
     torch.set_num_threads(threads)
     export_model(model.state_dict(), cfg, vocab, model_dir,
-                 card={"data": "simulator, 300 subjects (tests)", "steps": steps, "losses": {"train": float(loss.detach())}})
+                 card={"data": about, "steps": steps, "losses": {"train": float(loss.detach())}})
     (model_dir / "gate_report.json").write_text(json.dumps({"passed": True, "failed": [], "checks": {}}))
     return model_dir
 

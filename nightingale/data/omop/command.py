@@ -1,8 +1,10 @@
-"""The `nightingale import-omop` verb: an OMOP CDM database -> a MEDS dataset.
+"""The `nightingale import-omop` verb: an OMOP CDM database -> a MEDS dataset, and
+`nightingale export-omop`: a MEDS dataset of OMOP-derived codes (e.g. a synthetic cohort) -> OMOP.
 
     nightingale import-omop --cdm ../shared/data/eunomia-gibleed-omop --out runs/eunomia-meds
     NIGHTINGALE_PSEUDONYM_KEY=... nightingale import-omop --cdm cdm.duckdb --out meds \\
         --pseudonymise --opt-out optout.txt
+    nightingale export-omop --meds runs/cohort --codes runs/eunomia-meds/metadata/codes.parquet --out runs/cohort-omop
 
 Defaults mirror `configs/data/omop.yaml` and `OMOPImportConfig`.
 """
@@ -13,6 +15,7 @@ import argparse
 import logging
 
 from nightingale.data.omop.convert import CDM_VERSIONS, OMOPImportConfig, convert_omop
+from nightingale.data.omop.export import export_omop
 from nightingale.data.privacy import DEFAULT_KEY_ENV, PrivacyPolicy
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,14 @@ def register(subparsers) -> None:
     p.add_argument("--key-file", help=f"pseudonymisation key file (else ${DEFAULT_KEY_ENV})")
     p.add_argument("--opt-out", help="file of OMOP person_ids to exclude, one a line")
     p.set_defaults(func=run)
+    e = subparsers.add_parser("export-omop", help="write a MEDS dataset of OMOP-derived codes as OMOP CDM 5.4 tables",
+                              description=export_omop.__doc__.splitlines()[0])
+    e.add_argument("--meds", required=True, help="the MEDS dataset (e.g. a synthetic cohort)")
+    e.add_argument("--out", required=True, help="output folder of CSV tables (must not exist)")
+    e.add_argument("--codes", help="codes.parquet of the data the codes came from (import-omop's); "
+                                   "default: the dataset's own")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    e.set_defaults(func=run_export)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,4 +67,22 @@ def run(args: argparse.Namespace) -> int:
         log.error("import-omop failed: %s", e)
         return 2
     log.info("wrote %s: %d subjects, %d events", args.out, meta["subjects"], meta["events"])
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    try:
+        codes = None
+        if args.codes:
+            try:
+                codes = pl.read_parquet(args.codes)
+            except (OSError, pl.exceptions.PolarsError) as e:
+                raise ValueError(f"--codes {args.codes}: not a readable codes.parquet ({type(e).__name__})") from None
+        counts = export_omop(args.meds, args.out, codes, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as e:
+        log.error("export-omop failed: %s", e)
+        return 2
+    log.info("wrote %s: %s", args.out, counts)
     return 0

@@ -29,6 +29,7 @@ OMOP_PREFIX = "OMOP"
 SOURCE_PREFIX = "SOURCE"
 SEP = S.CODE_SEPARATOR
 CONCEPT_ID = "concept_id"
+OMOP_TABLE = "omop_table"  # codes.parquet: the CDM table a code's events came from
 _CODE, _NAME = "__concept_code", "__concept_name"
 
 # (concept_id, vocabulary_id, concept_code, concept_name) from the OMOP standard vocabularies.
@@ -157,14 +158,17 @@ def build_codes(
 ) -> pl.DataFrame:
     """metadata/codes.parquet rows for every emitted code.
 
-    `code_rows` hold code, description and concept_id (null for derived codes such as visit
-    START/END and MEDS_BIRTH); parents come from CONCEPT_ANCESTOR by concept id.
+    `code_rows` hold code, description, concept_id (the visit's for its START/END codes; null for
+    derived codes such as MEDS_BIRTH) and the CDM table the events came from; parents come from
+    CONCEPT_ANCESTOR by concept id. The concept id and table let a dataset of these codes be
+    written back as OMOP (export.py).
     """
     codes = (
         pl.concat(code_rows, how="vertical_relaxed")
         .sort([S.CODE, S.DESCRIPTION, CONCEPT_ID], nulls_last=True)
         .group_by(S.CODE, maintain_order=True)
-        .agg(pl.col(S.DESCRIPTION).drop_nulls().first(), pl.col(CONCEPT_ID).drop_nulls().first())
+        .agg(pl.col(S.DESCRIPTION).drop_nulls().first(), pl.col(CONCEPT_ID).drop_nulls().first(),
+             pl.col(OMOP_TABLE).drop_nulls().first())
     )
     ids = codes[CONCEPT_ID].drop_nulls().unique()
     parents = load_parents(source, ids.filter(ids != 0), concepts)
@@ -174,4 +178,5 @@ def build_codes(
         S.DESCRIPTION,
         pl.col(S.PARENT_CODES).fill_null(pl.lit([], dtype=pl.List(pl.String))),
         pl.col(CONCEPT_ID).alias("omop_concept_id"),
+        OMOP_TABLE,
     ).sort(S.CODE)

@@ -28,7 +28,7 @@ import polars as pl
 from nightingale import schema as S
 from nightingale.config import check_ints
 from nightingale.data.meds_io import MEDSWriter
-from nightingale.data.omop.concepts import CONCEPT_ID, ConceptMap, build_codes
+from nightingale.data.omop.concepts import CONCEPT_ID, OMOP_TABLE, ConceptMap, build_codes
 from nightingale.data.omop.events import (
     BIRTH_TIME,
     ORDER,
@@ -194,7 +194,7 @@ def convert_omop(cfg: OMOPImportConfig, policy: PrivacyPolicy | None = None) -> 
                 log.warning("%s: dropped events %s", table, drops)
             events_out[table] = kept.height
             log.info("%s: %d rows -> %d events", table, rows_in[table], kept.height)
-            code_rows.append(kept.select(S.CODE, S.DESCRIPTION, CONCEPT_ID).unique())
+            code_rows.append(kept.select(S.CODE, S.DESCRIPTION, CONCEPT_ID, pl.lit(table).alias(OMOP_TABLE)).unique())
             kept.drop(PERSON_ID, BIRTH_TIME, S.DESCRIPTION, CONCEPT_ID).sort(SHARD).write_parquet(
                 scratch / f"{table}.parquet", row_group_size=100_000
             )

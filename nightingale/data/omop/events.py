@@ -205,7 +205,6 @@ def table_events(source: CDMSource, spec: EventSpec, concepts: ConceptMap) -> pl
         start = coded.with_columns(
             (pl.col(S.CODE) + "//START").alias(S.CODE),
             (pl.col(S.DESCRIPTION) + " start").alias(S.DESCRIPTION),
-            pl.lit(None).alias(CONCEPT_ID),
             pl.lit(ORDER_START).alias(ORDER),
         )
         stop = start.with_columns(
