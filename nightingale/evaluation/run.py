@@ -29,7 +29,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     says passed and which checks failed)."""
     model_dir = ModelDir(cfg.model_dir).path  # refuses a folder without config, weights, tokenizer, vocabulary
     checks = load_gate(cfg.gate)  # a bad gate file fails before hours of evaluation
-    task_defs = load_tasks(cfg.task_dir) if (cfg.task_dir and cfg.zeroshot) else {}
+    all_tasks = load_tasks(cfg.task_dir) if cfg.task_dir else {}  # zero-shot scoring, and TSTR of cohorts
+    task_defs = all_tasks if cfg.zeroshot else {}
     t_start = time.perf_counter()
     report: dict[str, Any] = {
         "model_dir": str(model_dir), "data_dir": str(cfg.data_dir), "meds_dir": str(cfg.meds_dir),
@@ -46,7 +47,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
                     entry["plots"] = task_plots(name, entry, work / "plots")
                     entry.pop("_preds", None)
             if cfg.synthetic:
-                report["synthetic"] = h.synthetic(cfg.synthetic, task_defs)
+                report["synthetic"] = h.synthetic(cfg.synthetic, all_tasks)
         finally:
             h.close()
         report["timings"] = {**h.timings, "total_s": time.perf_counter() - t_start}
