@@ -195,45 +195,37 @@ def _age_at(vocab, age0: int, body: np.ndarray, start: int) -> int:
     return int(vocab.age_ids[min(int((k * w + w / 2 + years) // w), len(vocab.age_ids) - 1)])
 
 
-async def _timelines(engine: Engine, spec: CohortSpec, heads: list[list[int]], ids: range, stops: tuple[int, ...],
-                     banned: tuple[int, ...], start: dt.datetime) -> list[tuple[list[int], str, int]]:
-    """Generate each head's timeline (head: static + age + [SOT] + start) to its end: (generated
+async def _timeline(engine: Engine, spec: CohortSpec, head: list[int], i: int, stops: tuple[int, ...],
+                    banned: tuple[int, ...], start: dt.datetime) -> tuple[list[int], str, int]:
+    """Generate patient i's timeline (head: static + age + [SOT] + start) to its end: (generated
     ids, how it ended, windows used). The first window continues the head; each next one is
     `window_prompt` over everything so far, with room for half a context of new tokens. Every
-    window of a patient has its own seed, from the cohort's seed and the patient's number."""
+    window has its own seed, from the cohort's seed, the patient's number and the window's."""
     vocab = engine.vocab
     ctx = engine.max_model_len
     room = ctx - max(ctx // 2, 16)  # prompt tokens of a continuing window
-    n_static = [h.index(F.SOT_ID) - 1 for h in heads]
-    gens: list[list[int]] = [[] for _ in heads]
-    ends: list[str | None] = [None] * len(heads)
-    windows = [0] * len(heads)
+    m = head.index(F.SOT_ID) - 1  # static tokens before the age band
     span_s = None if spec.end_date is None else (spec.end_date - start).total_seconds()
-    while todo := [k for k, e in enumerate(ends) if e is None]:
-        prompts, sampling = [], []
-        for k in todo:
-            h, m = heads[k], n_static[k]
-            if not gens[k] or len(h) + len(gens[k]) <= room:
-                prompt = h + gens[k]
-            else:
-                body = np.asarray(h[m + 1:] + gens[k], dtype=np.int64)
-                prompt = window_prompt(vocab, h[:m], body, room, partial(_age_at, vocab, h[m], body))
-            horizon = None if span_s is None else span_s - float(vocab.gap_decode_s[gens[k]].sum())
-            prompts.append(prompt)
-            sampling.append(Sampling(
-                n=1, max_tokens=min(spec.max_new_tokens - len(gens[k]), ctx - len(prompt) - 1),
-                temperature=spec.temperature, seed=(spec.seed * 7_919 + ids[k]) * 1_009 + windows[k],
-                stop_token_ids=stops, banned_token_ids=banned, horizon_s=horizon))
-        comps = await engine.sample(prompts, sampling)
-        for k, c in zip(todo, comps):
-            new = list(c[0].token_ids)
-            gens[k] += new
-            windows[k] += 1
-            if new and new[-1] in stops:
-                ends[k] = "death" if new[-1] != F.EOR_ID else "end_of_record"
-            elif not new or len(gens[k]) >= spec.max_new_tokens:
-                ends[k] = "max_tokens"
-    return [(g, e, w) for g, e, w in zip(gens, ends, windows)]
+    gen: list[int] = []
+    windows = 0
+    while True:
+        if not gen or len(head) + len(gen) <= room:
+            prompt = head + gen
+        else:
+            body = np.asarray(head[m + 1:] + gen, dtype=np.int64)
+            prompt = window_prompt(vocab, head[:m], body, room, partial(_age_at, vocab, head[m], body))
+        horizon = None if span_s is None else span_s - float(vocab.gap_decode_s[gen].sum())
+        ((c, *_),) = await engine.sample([prompt], Sampling(
+            n=1, max_tokens=min(spec.max_new_tokens - len(gen), ctx - len(prompt) - 1),
+            temperature=spec.temperature, seed=(spec.seed * 7_919 + i) * 1_009 + windows,
+            stop_token_ids=stops, banned_token_ids=banned, horizon_s=horizon))
+        new = list(c.token_ids)
+        gen += new
+        windows += 1
+        if new and new[-1] in stops:
+            return gen, ("death" if new[-1] != F.EOR_ID else "end_of_record"), windows
+        if not new or len(gen) >= spec.max_new_tokens:
+            return gen, "max_tokens", windows
 
 
 async def generate_cohort(
@@ -268,7 +260,7 @@ async def generate_cohort(
             head = (await _prefixes(engine, spec, range(i, i + 1), np.random.default_rng([spec.seed, i])))[0]
             head = head + [F.SOT_ID] + start
             first = spec.patient_start(i)
-            ((gen, end, windows),) = await _timelines(engine, spec, [head], range(i, i + 1), stops, banned, first)
+            gen, end, windows = await _timeline(engine, spec, head, i, stops, banned, first)
         frame, rep = decode(vocab, head + gen, start_time=first, subject_id=i + 1, seed=spec.seed + i)
         report.update({k: v for k, v in rep.items() if k.startswith("dropped_") or k in ("events", "tokens_in")})
         report["generated_tokens"] += len(gen)

@@ -176,9 +176,9 @@ class PopulationJob:
                              f"of the split; have {self.shards}")
         events = await asyncio.to_thread(lambda: self.dataset.scan(shard).collect())
         seconds: dict[str, float] = {}
-        if self.cfg.recalibrate:  # first the window before t, so that a shard's risks are written last
+        if self.cfg.recalibrate:  # first the window before t (not counted as progress: patients forecast at t are)
             ccfg = self.cfg.calibration_config()
-            cohort, risks = await self._forecast(ccfg, events, engine, progress, seconds, "calibration")
+            cohort, risks = await self._forecast(ccfg, events, engine, None, seconds, "calibration")
             with atomic_file(self.out / "calibration" / f"{shard}.parquet") as tmp:
                 partial_sums(ccfg, cohort, risks).write_parquet(tmp)
         cohort, risks = await self._forecast(self.cfg, events, engine, progress, seconds, "forecast")
