@@ -150,35 +150,30 @@ def validate_spec(vocab, spec: CohortSpec) -> None:
     allowed_age_ids(vocab, spec.age_min, spec.age_max)
 
 
-async def _prefixes(engine: Engine, spec: CohortSpec, ids: range, rng: np.random.Generator) -> list[list[int]]:
+async def _prefix(engine: Engine, spec: CohortSpec, i: int) -> list[int]:
+    """Patient i's static codes and age band (steps 1-2 of the module docstring), drawn with its
+    own generator, so a patient is the same whatever the order patients run in."""
     vocab = engine.vocab
+    rng = np.random.default_rng([spec.seed, i])
     family = sex_family(vocab, spec.first_static_family)
     first, others = _static_ids(vocab, family)
     ages = allowed_age_ids(vocab, spec.age_min, spec.age_max)
     if spec.sex is not None:
-        heads = [[vocab.code_to_id[f"{family}{S.CODE_SEPARATOR}{spec.sex}"]]] * len(ids)
+        head = [vocab.code_to_id[f"{family}{S.CODE_SEPARATOR}{spec.sex}"]]
     elif len(first):
-        counts = np.array([vocab.spec["counts"].get(vocab.codes[i], 0) for i in first], dtype=np.float64) + 1
-        heads = [[int(first[k])] for k in rng.choice(len(first), size=len(ids), p=counts / counts.sum())]
+        counts = np.array([vocab.spec["counts"].get(vocab.codes[k], 0) for k in first], dtype=np.float64) + 1
+        head = [int(first[rng.choice(len(first), size=1, p=counts / counts.sum())[0]])]
     else:
-        heads = [[] for _ in ids]
-    n_fam = len({F.family_of(vocab.codes[i] or "") for i in others})
-    out = []
-    todo = [k for k, h in enumerate(heads) if h]
-    if todo:
-        sampling = [
-            Sampling(n=1, max_tokens=n_fam + 1, temperature=spec.temperature, seed=spec.seed * 1_000_003 + ids[k],
-                     stop_token_ids=tuple(ages), allowed_token_ids=tuple(int(t) for t in others) + tuple(ages))
-            for k in todo
-        ]
-        comps = await engine.sample([heads[k] for k in todo], sampling)
-        for k, c in zip(todo, comps):
-            heads[k] = heads[k] + list(c[0].token_ids)
-    for h in heads:
-        if not h or h[-1] not in ages:  # no age sampled within budget: draw one uniformly
-            h = [t for t in h if t not in ages] + [int(rng.choice(ages))]
-        out.append(h)
-    return out
+        head = []
+    if head:
+        n_fam = len({F.family_of(vocab.codes[k] or "") for k in others})
+        ((c, *_),) = await engine.sample([head], Sampling(
+            n=1, max_tokens=n_fam + 1, temperature=spec.temperature, seed=spec.seed * 1_000_003 + i,
+            stop_token_ids=tuple(ages), allowed_token_ids=tuple(int(t) for t in others) + tuple(ages)))
+        head = head + list(c.token_ids)
+    if not head or head[-1] not in ages:  # no age sampled within budget: draw one uniformly
+        head = [t for t in head if t not in ages] + [int(rng.choice(ages))]
+    return head
 
 
 def _age_at(vocab, age0: int, body: np.ndarray, start: int) -> int:
@@ -257,8 +252,7 @@ async def generate_cohort(
         that ends makes room for the next, so a long timeline holds up no batch."""
         nonlocal finished
         async with running:
-            head = (await _prefixes(engine, spec, range(i, i + 1), np.random.default_rng([spec.seed, i])))[0]
-            head = head + [F.SOT_ID] + start
+            head = await _prefix(engine, spec, i) + [F.SOT_ID] + start
             first = spec.patient_start(i)
             gen, end, windows = await _timeline(engine, spec, head, i, stops, banned, first)
         frame, rep = decode(vocab, head + gen, start_time=first, subject_id=i + 1, seed=spec.seed + i)
