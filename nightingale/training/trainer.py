@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,24 @@ class TrainResult:
     preempted: bool
     losses: dict[str, float]
     model_dir: Path | None
+    weights: dict[str, torch.Tensor] | None = None  # a federated round's result (rank 0)
+    tokens_start: int = 0  # tokens seen when this call started (a resume's or a round's start)
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedRound:
+    """A site's share of one federated round (nightingale/federated/site.py).
+
+    The run resumes its own checkpoint (optimizer moments, schedule, sampler position, RNG), then
+    takes the federation's global `weights` and trains until optimizer step `stop_step` of the
+    whole federation's schedule (`TrainConfig.max_steps` = rounds x local steps). It checkpoints
+    there, exports nothing and returns the new weights. `proximal_mu` > 0 adds FedProx's term
+    mu/2 * ||w - w_global||^2 to the loss.
+    """
+
+    weights: dict[str, torch.Tensor]
+    stop_step: int
+    proximal_mu: float = 0.0
 
 
 class PreemptionFlag:
@@ -57,7 +76,9 @@ class PreemptionFlag:
     def __init__(self) -> None:
         self.requested = False
         self.signal: str | None = None
-        self._previous = {s: signal.signal(s, self._handle) for s in PREEMPT_SIGNALS}
+        # Only the main thread may set handlers (a Flower ClientApp may call us from another one).
+        main = threading.current_thread() is threading.main_thread()
+        self._previous = {s: signal.signal(s, self._handle) for s in PREEMPT_SIGNALS} if main else {}
 
     def _handle(self, signum, frame) -> None:
         self.requested, self.signal = True, signal.Signals(signum).name
@@ -102,8 +123,24 @@ def eval_loss(engine, windows: np.ndarray, micro: int, env: dist.DistEnv, device
     return total / count if count else float("nan")
 
 
-def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> TrainResult:
-    """Train (or resume) the run `cfg` describes, on every rank; see the module docstring."""
+def _load_round_weights(engine, fed: FederatedRound, zero_stage: int) -> list[torch.Tensor]:
+    """Copy the global weights into the engine's module; the parameters' global copies (for
+    FedProx), in `module.parameters()` order."""
+    if zero_stage == 3:
+        raise ValueError("federated rounds: deepspeed.zero_stage 3 is not supported at a site (use 0-2)")
+    module = engine.module
+    missing, unexpected = module.load_state_dict(fed.weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"federated round: global weights do not fit the model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    names = dict(module.named_parameters())
+    return [fed.weights[n].to(p.device, p.dtype) for n, p in names.items()] if fed.proximal_mu else []
+
+
+def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None,
+          federated: FederatedRound | None = None) -> TrainResult:
+    """Train (or resume) the run `cfg` describes, on every rank; see the module docstring.
+    `federated`: one site's round of a federation instead (see `FederatedRound`)."""
     env = dist.dist_env()
     if not env.is_main:
         logging.getLogger("nightingale").setLevel(logging.WARNING)
@@ -134,6 +171,9 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
                     config_hash(config), state.get("config_hash"))
     sampler.load_state_dict(state["sampler"])
     step, tokens_seen, losses = int(state["step"]), int(state["tokens_seen"]), dict(state["losses"])
+    tokens_start = tokens_seen
+    end = cfg.max_steps if federated is None else min(federated.stop_step, cfg.max_steps)
+    anchors = _load_round_weights(engine, federated, cfg.zero_stage) if federated is not None else []
 
     flops_per_token = mcfg.flops_per_token()
     peak = cfg.peak_flops or device_peak_flops(cfg.precision)
@@ -153,7 +193,7 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
     preempted, last_good = False, ckpt.candidates()[:1]
     timer, steps_timed, tokens_timed = time.perf_counter(), 0, 0
     try:
-        while step < cfg.max_steps:
+        while step < end:
             if dist.all_reduce([1.0 if preempt.requested else 0.0], "max")[0]:
                 if env.is_main:
                     log.warning("%s received: checkpointing at step %d and stopping",
@@ -167,6 +207,9 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
             loss_sum = 0.0
             for i, (rows, positions) in enumerate(micro_batches):
                 loss = engine(**to_batch(rows, device, positions if cfg.pack else None)).loss
+                if anchors:  # FedProx: stay near the round's global weights
+                    loss = loss + federated.proximal_mu / 2 * sum(
+                        (p - g).pow(2).sum() for p, g in zip(engine.module.parameters(), anchors))
                 engine.backward(loss)
                 loss_sum += float(loss.detach())
                 if i < len(micro_batches) - 1:
@@ -183,7 +226,7 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
             tokens_timed += n_tokens
             losses["train"] = train_loss
 
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            if step % cfg.log_every == 0 or step in (cfg.max_steps, end):
                 elapsed = time.perf_counter() - timer
                 tps = tokens_timed / elapsed  # record tokens, not padding
                 grad_norm = engine.get_global_grad_norm()
@@ -199,13 +242,13 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
                 metrics.log(record, step)
                 progress.update(step, f"loss {train_loss:.4f}  {tps:,.0f} tok/s")
                 timer, steps_timed, tokens_timed = time.perf_counter(), 0, 0
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            if step % cfg.eval_every == 0 or step in (cfg.max_steps, end):
                 losses["eval"] = eval_loss(engine, eval_windows, cfg.micro_batch_size, env, device)
                 metrics.log({"loss/eval": losses["eval"]}, step)
                 if env.is_main:
                     log.info("step %d: loss/train %.4f loss/eval %.4f", step, train_loss, losses["eval"])
                 timer, steps_timed, tokens_timed = time.perf_counter(), 0, 0
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, end):
                 last_good = [ckpt.save(engine, step, trainer_state())]
                 timer, steps_timed, tokens_timed = time.perf_counter(), 0, 0
     except TrainingDiverged as exc:
@@ -220,6 +263,9 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
         metrics.close()
 
     model_dir = None
+    if federated is not None:
+        weights = None if preempted else gathered_state_dict(engine, cfg.zero_stage, env.is_main)
+        return TrainResult(step, tokens_seen, preempted, losses, None, weights, tokens_start)
     if not preempted and cfg.export:
         if data.held_out is not None:
             held = fixed_windows(data.held_out, data.vocab, mcfg.context_length, cfg.eval_windows, seed=cfg.seed)
@@ -232,4 +278,4 @@ def train(cfg: TrainConfig, resolved_config: dict[str, Any] | None = None) -> Tr
                     "world_size": env.world_size, "zero_stage": cfg.zero_stage}
             model_dir = export_model(weights, mcfg, data.vocab, cfg.model_dir, card)
         dist.barrier()
-    return TrainResult(step, tokens_seen, preempted, losses, model_dir)
+    return TrainResult(step, tokens_seen, preempted, losses, model_dir, tokens_start=tokens_start)

@@ -29,6 +29,16 @@ def register(subparsers) -> None:
     p.add_argument("--opt-out", help="file of raw subject ids to leave out, one a line")
     p.set_defaults(func=run)
 
+    q = subparsers.add_parser("simulate-sites", help="simulate several differing sites, one MEDS folder each",
+                              description="Simulate the sites of a spec file (configs/federated/sites/*.yaml) "
+                                          "into OUT/<site>/, with disjoint subject ids.")
+    q.add_argument("--sites", required=True, help="YAML spec: site name -> SimulatorConfig fields")
+    q.add_argument("--out", required=True, help="output folder (one dataset per site inside)")
+    q.add_argument("--subjects", type=int, help="override every site's number of subjects")
+    q.add_argument("--workers", type=int, default=2, help="worker processes")
+    q.add_argument("--overwrite", action="store_true", help="replace existing site folders")
+    q.set_defaults(func=run_sites)
+
 
 def run(args: argparse.Namespace) -> int:
     try:
@@ -46,4 +56,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
     log.info("wrote %s: %d subjects, %d events (%.1f per subject) in %d shards", summary.out,
              summary.subjects, summary.events, summary.events_per_subject, summary.shards)
+    return 0
+
+
+def run_sites(args: argparse.Namespace) -> int:
+    import yaml
+
+    from nightingale.data.simulator.sites import simulate_sites
+
+    try:
+        with open(args.sites) as f:
+            spec = yaml.safe_load(f)
+        if not isinstance(spec, dict):
+            raise ValueError(f"{args.sites}: a mapping of site name -> simulator fields expected")
+        done = simulate_sites(spec, args.out, subjects=args.subjects, workers=args.workers,
+                              overwrite=args.overwrite)
+    except (OSError, ValueError, FileExistsError, yaml.YAMLError) as e:
+        log.error("simulate-sites: %s", e)
+        return 2
+    for name, s in done.items():
+        log.info("site %s: %s, %d subjects, %d events", name, s.out, s.subjects, s.events)
     return 0

@@ -37,6 +37,12 @@ class SimulatorConfig:
         registration; follow-up to `end_date` inclusive or death).
     later_registrant_share / born_in_window_share: shares of subjects who register with a GP after
         `start_date` (movers, migrants) or are born inside the window.
+    Site differences (federated/simulated sites; all off by default, which keeps the bytes of
+    earlier versions):
+    age_tilt: tilts the age pyramid, shares x exp(tilt x band / last band); > 0 an older population.
+    deprivation_tilt: deprivation quintile q drawn with weight exp(tilt x (3 - q)); > 0 more deprived.
+    code_stems: the site codes diagnoses to 3-character ICD-10 stems (``ICD10//E11.9 -> ICD10//E11``).
+    id_offset: added to every subject id (sites of one simulated federation get disjoint ids).
     """
 
     subjects: int = 10_000
@@ -46,12 +52,21 @@ class SimulatorConfig:
     end_date: dt.date = dt.date(2025, 12, 31)
     later_registrant_share: float = 0.12
     born_in_window_share: float = 0.16
+    age_tilt: float = 0.0
+    deprivation_tilt: float = 0.0
+    code_stems: bool = False
+    id_offset: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start_date", _parse_date(self.start_date, "start_date"))
         object.__setattr__(self, "end_date", _parse_date(self.end_date, "end_date"))
         check_ints(self, ("subjects", "shard_size"), "SimulatorConfig")
-        check_ints(self, ("seed",), "SimulatorConfig", low=0)
+        check_ints(self, ("seed", "id_offset"), "SimulatorConfig", low=0)
+        for name in ("age_tilt", "deprivation_tilt"):
+            if not -5.0 <= float(getattr(self, name)) <= 5.0:
+                raise ValueError(f"SimulatorConfig.{name}: within [-5, 5], got {getattr(self, name)!r}")
+        if not isinstance(self.code_stems, bool):
+            raise ValueError(f"SimulatorConfig.code_stems: true or false, got {self.code_stems!r}")
         if self.end_date <= self.start_date:
             raise ValueError(
                 f"SimulatorConfig.end_date: {self.end_date} must be after start_date {self.start_date}"

@@ -137,12 +137,12 @@ def oracle_risk(source: str | Path | SimulatorConfig, subject_ids: Sequence[int]
     t = _days(cfg, prediction_times)
     if ids.shape != t.shape:
         raise ValueError("subject_ids and prediction_times must have the same length")
-    if ids.size and (ids.min() < 1 or ids.max() > cfg.subjects):
-        raise ValueError(f"subject_ids: raw simulator ids run from 1 to {cfg.subjects}")
+    if ids.size and (ids.min() < cfg.id_offset + 1 or ids.max() > cfg.id_offset + cfg.subjects):
+        raise ValueError(f"subject_ids: raw simulator ids run from {cfg.id_offset + 1} to {cfg.id_offset + cfg.subjects}")
     risk = np.full(ids.size, np.nan)
     inside = (t >= 0) & (t < cfg.window_days)
     k_of = np.floor(t / STEP_DAYS).astype(np.int64)
-    shard_of, local_of = (ids - 1) // cfg.shard_size, (ids - 1) % cfg.shard_size
+    shard_of, local_of = (ids - cfg.id_offset - 1) // cfg.shard_size, (ids - cfg.id_offset - 1) % cfg.shard_size
     col = _ENGINE_OUTPUT[outcome]
     sy = start_year(cfg)
     for shard in np.unique(shard_of[inside]):

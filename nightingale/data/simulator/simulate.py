@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 DATASET_NAME = "nightingale-simulator"
 SIMULATOR_VERSION = "1"
 _CODE_SERIES = pl.Series(S.CODE, C.CODE_STRINGS, dtype=pl.String)
+# Each code's index, or its 3-character ICD-10 stem's where it has a dotted child code (a site
+# that codes to stems: ICD10//E11.9 -> ICD10//E11).
+_STEMS = np.array([C.IDX.get(c.split(".")[0], i) if c.startswith("ICD10//") else i
+                   for i, c in enumerate(C.CODE_STRINGS)], dtype=np.int16)
 
 
 @dataclass
@@ -57,6 +61,8 @@ def shard_events(cfg: SimulatorConfig, shard: int) -> tuple[pl.DataFrame, np.nda
     """
     st, sink, _ = run_shard(cfg, shard)
     sub, day, code, value = sink.arrays()
+    if cfg.code_stems:
+        code = _STEMS[code]
     start_us = int(np.datetime64(cfg.start_date, "us").astype(np.int64))
     n = st.n
     local = np.arange(n, dtype=np.int32)

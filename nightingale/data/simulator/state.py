@@ -69,8 +69,12 @@ class CohortState:
         return CohortState(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
 
 
-def _sample_age(rng: np.random.Generator, n: int) -> np.ndarray:
-    band = rng.choice(len(M.AGE_BAND_SHARES), size=n, p=M.AGE_BAND_SHARES)
+def _sample_age(rng: np.random.Generator, n: int, tilt: float = 0.0) -> np.ndarray:
+    shares = M.AGE_BAND_SHARES
+    if tilt:
+        shares = shares * np.exp(tilt * np.arange(len(shares)) / (len(shares) - 1))
+        shares = shares / shares.sum()
+    band = rng.choice(len(shares), size=n, p=shares)
     return band * 5.0 + rng.random(n) * M.AGE_BAND_WIDTH[band]
 
 
@@ -79,17 +83,21 @@ def init_state(cfg: SimulatorConfig, shard: int, rng: np.random.Generator) -> Co
     n = cfg.shard_subjects(shard)
     W = cfg.window_days
     f32 = np.float32
-    sid = shard * cfg.shard_size + np.arange(n, dtype=np.int64) + 1
+    sid = cfg.id_offset + shard * cfg.shard_size + np.arange(n, dtype=np.int64) + 1
     grp = rng.random(n)
     born = grp < cfg.born_in_window_share
     later = ~born & (grp < cfg.born_in_window_share + cfg.later_registrant_share)
-    age = _sample_age(rng, n)
+    age = _sample_age(rng, n, cfg.age_tilt)
     u = rng.random(n) * W
     reg_day = np.where(later | born, u, 0.0)
     birth_day = np.where(born, u, reg_day - age * 365.25)
     male = rng.random(n) >= M.FEMALE_SHARE
     eth = rng.choice(5, size=n, p=M.ETHNICITY_SHARES).astype(np.int8)
-    imd = rng.integers(1, 6, size=n).astype(np.int8)
+    if cfg.deprivation_tilt:
+        w = np.exp(cfg.deprivation_tilt * (3 - np.arange(1, 6)))
+        imd = (rng.choice(5, size=n, p=w / w.sum()) + 1).astype(np.int8)
+    else:
+        imd = rng.integers(1, 6, size=n).astype(np.int8)
     us = rng.random(n)
     p_cur = 0.17 + 0.04 * (3 - imd) + 0.03 * male
     smoke = np.where(us < p_cur, 2, np.where(us < p_cur + 0.25, 1, 0)).astype(np.int8)
