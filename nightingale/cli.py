@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "nightingale.data.validate_command",
     "nightingale.data.omop.command",
     "nightingale.inference.population.command",
+    "nightingale.federated.command",
     "nightingale.cluster.command",
 )
 

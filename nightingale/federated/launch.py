@@ -111,10 +111,15 @@ def make_certificates(out: str | Path, hosts: list[str], days: int = 365) -> Tls
 
 
 # --- command lines ------------------------------------------------------------------------------
-def superlink_command(*, fleet: str, serverappio: str, control: str, tls: Tls | None,
+def superlink_command(*, fleet: str, serverappio: str, control: str, tls: Tls | None, database: Path | None,
                       supernode_auth: bool = False) -> list[str]:
+    """The SuperLink's command line. `database`: its state on disk, so that a restarted SuperLink
+    still knows the connected sites (in memory, a restart makes every SuperNode give up)."""
     cmd = [flower_bin("flower-superlink"), "--fleet-api-address", fleet, "--serverappio-api-address", serverappio,
            "--control-api-address", control, "--disable-runtime-dependency-installation"]
+    if database is not None:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        cmd += ["--database", str(Path(database).resolve())]
     if tls is None:
         cmd.append("--insecure")
     else:
@@ -224,7 +229,8 @@ class LocalFederation:
         p = self.ports
         self._start("superlink", superlink_command(fleet=f"127.0.0.1:{p['fleet']}",
                                                    serverappio=f"127.0.0.1:{p['serverappio']}",
-                                                   control=f"127.0.0.1:{p['control']}", tls=self.tls),
+                                                   control=f"127.0.0.1:{p['control']}", tls=self.tls,
+                                                   database=self.dir / "superlink.db"),
                     self.dir / "superlink")
         _wait_port(p["control"], 60)
         _wait_port(p["fleet"], 60)

@@ -11,8 +11,8 @@ from nightingale.federated.config import FederationConfig
 from nightingale.federated.vocabulary import SiteDataError, merge_sketches, spec_hash
 from nightingale.model import build_model
 
-TEST_MODEL = {"name": "fedtest", "hidden_size": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2,
-              "intermediate_size": 64, "context_length": 128}
+TEST_MODEL = {"name": "fedtest", "hidden_size": 64, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2,
+              "intermediate_size": 128, "context_length": 128}  # head_dim 32: vLLM CPU attention has no 16
 TEST_TRAIN = {"micro_batch_size": 4, "warmup_steps": 1, "eval_windows": 8, "zero_stage": 1}
 
 

@@ -4,7 +4,7 @@ Listed first in the ClientApp's mods, it is the outermost layer: it sees each me
 arrives from the SuperLink and each reply as it leaves (after SecAgg+ has masked the update).
 Each exchange is one JSON line in the file the SuperNode's `wire-log` node setting names: the
 message type and, for every record, its keys with their type and size; config and metric
-values are written out in full (strings cut at 200 characters) so that a test can search them.
+values are written out in full so that a test can search them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ def _value(v: Any) -> Any:
         if v and isinstance(v[0], bytes):
             return {"bytes": sum(len(b) for b in v), "items": len(v)}
         return [_value(x) for x in v]
-    if isinstance(v, str):
-        return v if len(v) <= 200 else {"str": len(v), "head": v[:200]}
     return v
 
 
