@@ -9,6 +9,8 @@
     nightingale submit sweep --profile local data_dir=runs/prep 'train.lr=1e-3,3e-3'
     nightingale submit forecast --profile gh200 model_dir=runs/train/model meds_dir=/data/icb/meds \\
         out_dir=runs/forecast forecast.prediction_time=2025-01-01   # one task per shard, then merge
+    nightingale submit federate --profile gh200 run_dir=/projects/p123/fed sites_dir=/projects/p123/sites \
+        rounds=20 model=small                  # a coordinator job + one job per site (README "Training across sites")
     nightingale submit train --profile local --dry-run ...   # print the scripts, submit nothing
 
 Trailing KEY=VALUE arguments are Hydra overrides of the stage (train: train/train.py; prepare:
@@ -31,6 +33,7 @@ from nightingale.cluster.render import (
     JobSpec,
     RenderContext,
     plan_eval,
+    plan_federate,
     plan_forecast,
     plan_prepare,
     plan_train,
@@ -39,7 +42,7 @@ from nightingale.cluster.submit import SubmitError, sbatch_test_only, submit_pla
 from nightingale.cluster.sweep import sweep_command
 
 log = logging.getLogger(__name__)
-KINDS = ("train", "prepare", "eval", "pipeline", "sweep", "forecast")
+KINDS = ("train", "prepare", "eval", "pipeline", "sweep", "forecast", "federate")
 
 
 class _OverridesParser(argparse.ArgumentParser):
@@ -113,6 +116,8 @@ def build_plan(args: argparse.Namespace):
         return job, plan_eval(job, list(args.overrides), ctx, args.eval_command)
     if args.kind == "forecast":
         return job, plan_forecast(job, list(args.overrides), ctx, args.array_parallel)
+    if args.kind == "federate":
+        return job, plan_federate(job, list(args.overrides), ctx)
     if args.out is None:
         raise ValueError("--out: required for a pipeline (its prepared/ and train/ folders)")
     out = args.out.resolve()

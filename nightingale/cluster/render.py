@@ -8,6 +8,8 @@ hands to `sbatch`; nothing here touches Slurm.
     prepare  fit (1 task) -> encode (array, one task per MEDS shard) -> merge (1 task)
     eval     one task after a training job (afterok)
     forecast an array (one task per MEDS shard, one engine per GPU) -> merge (the aggregates)
+    federate the coordinator (one task, no GPU) and one job per site (one GPU where the profile
+             has them), which find each other through the shared run folder
 """
 
 from __future__ import annotations
@@ -185,3 +187,35 @@ def plan_forecast(job: ResolvedJob, overrides: list[str], ctx: RenderContext,
     merge = _render("task.sbatch.j2", _single(job, 0), ctx,
                     kind="forecast", name=f"{ctx.name_prefix}-forecast-merge", command=_quote_all([*base, "stage=merge"]))
     return [JobSpec("forecast", tasks, (), len(shards)), JobSpec("forecast-merge", merge, ("forecast",))]
+
+
+def plan_federate(job: ResolvedJob, overrides: list[str], ctx: RenderContext) -> list[JobSpec]:
+    """A federation on a cluster: the coordinator job (`nightingale federate coordinator`) and one
+    job per site folder of `sites_dir` (`nightingale federate site --join`), listed now. The jobs
+    need no dependency: sites wait for the coordinator to announce itself in `run_dir`. Other
+    KEY=VALUE arguments are federation settings (`--set`); `config=` names a settings file."""
+    settings = [o for o in overrides if o.partition("=")[0] not in ("run_dir", "sites_dir", "work_dir", "config")]
+    run_dir, sites_dir = override_value(overrides, "run_dir"), override_value(overrides, "sites_dir")
+    if run_dir is None or sites_dir is None:
+        raise ValueError("run_dir and sites_dir: required for a federation (run_dir=<coordinator folder> "
+                         "sites_dir=<one MEDS folder per site>)")
+    run, root = ctx.workdir / run_dir, ctx.workdir / sites_dir
+    sites = sorted(p.name for p in root.iterdir() if (p / "data").is_dir()) if root.is_dir() else []
+    if len(sites) < 2:
+        raise ValueError(f"sites_dir: {root} holds {len(sites)} site folder(s) with data/; a federation needs 2 or more")
+    work = ctx.workdir / (override_value(overrides, "work_dir") or f"{run_dir}/sites")
+    cli = [ctx.python, "-m", "nightingale.cli", "federate"]
+    config = override_value(overrides, "config")
+    coord = [*cli, "coordinator", "--run-dir", str(run), "--sites", str(len(sites)),
+             *(["--config", str(ctx.workdir / config)] if config else []),
+             *[a for o in settings for a in ("--set", o)]]
+    plan = [JobSpec("federate-coordinator", _render("task.sbatch.j2", _single(job, 0), ctx, kind="federate",
+                                                    name=f"{ctx.name_prefix}-fed-coordinator",
+                                                    command=_quote_all(coord)))]
+    one = _single(job, min(1, job.gpus_per_node))
+    for name in sites:
+        cmd = [*cli, "site", "--name", name, "--data", str(root / name), "--work", str(work / name), "--join", str(run)]
+        plan.append(JobSpec(f"federate-site-{name}", _render("task.sbatch.j2", one, ctx, kind="federate",
+                                                              name=f"{ctx.name_prefix}-fed-{name}",
+                                                              command=_quote_all(cmd))))
+    return plan

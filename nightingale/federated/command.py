@@ -88,12 +88,23 @@ def register(subparsers) -> None:
     q.add_argument("--name", required=True, help="the site's name (letters, digits, - and _)")
     q.add_argument("--data", required=True, help="the site's MEDS folder")
     q.add_argument("--work", required=True, help="the site's work folder (prepared corpus, checkpoints)")
-    q.add_argument("--superlink", required=True, help="the coordinator's Fleet API, host:9092")
+    q.add_argument("--superlink", help="the coordinator's Fleet API, host:9092 (or --join)")
     q.add_argument("--root-ca", help="the federation's CA certificate (federate certs); omit only with --insecure")
     q.add_argument("--insecure", action="store_true", help="no TLS (a test network only)")
     q.add_argument("--auth-key", help="the site's private key (ssh-keygen -t ecdsa -b 384), when the SuperLink authenticates sites")
     q.add_argument("--clientappio", default="127.0.0.1:9094", help="local address for the site's ClientApp")
+    q.add_argument("--require-secagg", action="store_true", help="refuse to send an update unless it is masked by SecAgg+")
+    q.add_argument("--join", metavar="RUN_DIR", help="a cluster job: join the `federate coordinator` job of RUN_DIR "
+                                                     "(its address and CA certificate) and stop when the run ends")
     q.set_defaults(func=run_site)
+
+    q = sub.add_parser("coordinator", help="a cluster job: run the coordinator here; sites join with `site --join`")
+    q.add_argument("--run-dir", required=True, help="the coordinator's run folder (shared with the site jobs)")
+    q.add_argument("--sites", type=int, required=True, help="sites that must join before it starts")
+    q.add_argument("--host", help="this host's name as sites reach it (default: its fully qualified name)")
+    q.add_argument("--timeout", type=float, default=7 * 24 * 3600, help="seconds to wait for the run")
+    settings(q)
+    q.set_defaults(func=run_coordinator)
 
     q = sub.add_parser("submit", help="start (or resume) a federation on a running SuperLink")
     q.add_argument("--control", required=True, help="the coordinator's Control API, host:9093")
@@ -185,22 +196,40 @@ def run_superlink(args: argparse.Namespace) -> int:
 
 
 def run_site(args: argparse.Namespace) -> int:
-    from nightingale.federated.launch import supernode_command
+    from nightingale.federated.launch import join, supernode_command
     from nightingale.federated.site import Site
 
     try:
-        _tls_choice(args.root_ca, args.insecure, "--root-ca")
         site = Site(args.name, Path(args.data), Path(args.work))
         if not site.data_dir.is_dir():
             raise ValueError(f"--data {site.data_dir}: no such folder")
+        if args.join:
+            site.work_dir.mkdir(parents=True, exist_ok=True)
+            return join(site, Path(args.join))
+        if not args.superlink:
+            raise ValueError("--superlink: required (the coordinator's host:9092), or --join RUN_DIR")
+        _tls_choice(args.root_ca, args.insecure, "--root-ca")
     except ValueError as exc:
         log.error("federate site: %s", exc)
         return 2
     site.work_dir.mkdir(parents=True, exist_ok=True)
     cmd = supernode_command(site, superlink=args.superlink, clientappio=args.clientappio,
                             root_ca=Path(args.root_ca) if args.root_ca else None,
-                            auth_key=Path(args.auth_key) if args.auth_key else None)
+                            auth_key=Path(args.auth_key) if args.auth_key else None,
+                            require_secagg=args.require_secagg)
     return _exec(cmd, FLWR_HOME=str(site.work_dir / "flower-home"))
+
+
+def run_coordinator(args: argparse.Namespace) -> int:
+    from nightingale.federated.launch import coordinate
+
+    try:
+        cfg = load_config(args.config, args.set)
+        status = coordinate(args.run_dir, cfg, args.sites, host=args.host, timeout=args.timeout)
+    except (ValueError, OSError, RuntimeError, TimeoutError) as exc:
+        log.error("federate coordinator: %s", exc)
+        return 2
+    return _report(status)
 
 
 def run_submit(args: argparse.Namespace) -> int:

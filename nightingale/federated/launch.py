@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nightingale.atomic import atomic_file
+from nightingale.atomic import atomic_file, write_json_atomic
 from nightingale.federated.config import FederationConfig
 from nightingale.federated.coordinator import STATUS_FILE
 from nightingale.federated.site import Site
@@ -130,8 +130,11 @@ def superlink_command(*, fleet: str, serverappio: str, control: str, tls: Tls | 
 
 
 def supernode_command(site: Site, *, superlink: str, clientappio: str, root_ca: Path | None,
-                      auth_key: Path | None = None, wire_log: Path | None = None) -> list[str]:
+                      auth_key: Path | None = None, wire_log: Path | None = None,
+                      require_secagg: bool = False) -> list[str]:
     node_config = f'site-name="{site.name}" data-dir="{site.data_dir.resolve()}" work-dir="{site.work_dir.resolve()}"'
+    if require_secagg:
+        node_config += " require-secagg=true"
     if wire_log is not None:
         node_config += f' wire-log="{Path(wire_log).resolve()}"'
     cmd = [flower_bin("flower-supernode"), "--superlink", superlink, "--clientappio-api-address", clientappio,
@@ -201,16 +204,22 @@ def wait_for_run(home: Path, run_id: int, run_dir: Path, timeout: float, poll_s:
 
 # --- one machine --------------------------------------------------------------------------------
 class LocalFederation:
-    """A SuperLink and one SuperNode per site on this machine, as separate process groups."""
+    """A SuperLink and one SuperNode per site on this machine, as separate process groups.
+    `host`: the name sites use to reach the SuperLink; other than 127.0.0.1, its Fleet API listens
+    on every interface (a cluster job that sites on other nodes join: `coordinate`)."""
 
-    def __init__(self, run_dir: str | Path, sites: Mapping[str, Site], *, tls: bool = False, wire_logs: bool = False):
+    def __init__(self, run_dir: str | Path, sites: Mapping[str, Site], *, tls: bool = False, wire_logs: bool = False,
+                 host: str = "127.0.0.1", require_secagg: bool = False):
         self.run_dir = Path(run_dir).resolve()
         self.dir = self.run_dir / "flower"
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         self.sites = dict(sites)
+        self.host = host
         self.ports = {"fleet": free_port(), "serverappio": free_port(), "control": free_port()}
-        self.tls = make_certificates(self.dir / "certs", ["localhost", "127.0.0.1"]) if tls else None
+        names = list(dict.fromkeys([host, "localhost", "127.0.0.1"]))
+        self.tls = make_certificates(self.dir / "certs", names) if tls else None
         self.wire_logs = wire_logs
+        self.require_secagg = require_secagg
         self.home = write_cli_home(self.dir / "cli", f"127.0.0.1:{self.ports['control']}",
                                    self.tls.ca if self.tls else None)
         self.procs: dict[str, subprocess.Popen] = {}
@@ -227,7 +236,8 @@ class LocalFederation:
 
     def start_superlink(self) -> None:
         p = self.ports
-        self._start("superlink", superlink_command(fleet=f"127.0.0.1:{p['fleet']}",
+        listen = "127.0.0.1" if self.host == "127.0.0.1" else "0.0.0.0"
+        self._start("superlink", superlink_command(fleet=f"{listen}:{p['fleet']}",
                                                    serverappio=f"127.0.0.1:{p['serverappio']}",
                                                    control=f"127.0.0.1:{p['control']}", tls=self.tls,
                                                    database=self.dir / "superlink.db"),
@@ -241,7 +251,8 @@ class LocalFederation:
             self.wire_log(name).parent.mkdir(parents=True, exist_ok=True)
         cmd = supernode_command(site, superlink=f"{'localhost' if self.tls else '127.0.0.1'}:{self.ports['fleet']}",
                                 clientappio=f"127.0.0.1:{free_port()}", root_ca=self.tls.ca if self.tls else None,
-                                wire_log=self.wire_log(name) if self.wire_logs else None)
+                                wire_log=self.wire_log(name) if self.wire_logs else None,
+                                require_secagg=self.require_secagg)
         self._start(name, cmd, site.work_dir / "flower-home")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
@@ -260,8 +271,8 @@ class LocalFederation:
             except subprocess.TimeoutExpired:
                 continue
 
-    def submit(self, cfg: FederationConfig, node_wait_s: float = 600) -> int:
-        rc = write_run_config(self.dir / "run_config.toml", self.run_dir, cfg, len(self.sites), node_wait_s)
+    def submit(self, cfg: FederationConfig, node_wait_s: float = 600, sites: int | None = None) -> int:
+        rc = write_run_config(self.dir / "run_config.toml", self.run_dir, cfg, sites or len(self.sites), node_wait_s)
         return submit(self.home, rc)
 
     def wait(self, run_id: int, timeout: float) -> dict[str, Any]:
@@ -285,6 +296,58 @@ class LocalFederation:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# --- cluster jobs: a coordinator job, and site jobs that join it through the shared run folder ---
+COORDINATOR_FILE = "coordinator.json"
+
+
+def coordinate(run_dir: str | Path, cfg: FederationConfig, sites: int, *, host: str | None = None,
+               timeout: float = 7 * 24 * 3600) -> dict[str, Any]:
+    """Run the coordinator here (a SuperLink with TLS for this host, then the run) and tell joining
+    sites where it is (<run_dir>/flower/coordinator.json, with the CA certificate beside it)."""
+    host = host or socket.getfqdn()
+    with LocalFederation(run_dir, {}, tls=True, host=host) as fed:
+        fed.start_superlink()
+        write_json_atomic({"host": host, "fleet": fed.ports["fleet"], "ca": str(fed.tls.ca), "time": time.time()},
+                          fed.dir / COORDINATOR_FILE)
+        return fed.wait(fed.submit(cfg, sites=sites), timeout)
+
+
+def join(site: Site, run_dir: str | Path, timeout: float = 7 * 24 * 3600, poll_s: float = 5.0) -> int:
+    """Run a site's SuperNode for the coordinator of `run_dir` until the federation ends (0 done,
+    1 failed or timed out). Waits for the coordinator to announce itself first."""
+    run_dir = Path(run_dir).resolve()
+    started = time.time()
+    info_path = run_dir / "flower" / COORDINATOR_FILE
+    deadline = started + timeout
+    while not info_path.exists():
+        if time.time() > deadline:
+            log.error("site %s: no coordinator announced in %s", site.name, info_path)
+            return 1
+        time.sleep(poll_s)
+    info = json.loads(info_path.read_text())
+    cmd = supernode_command(site, superlink=f"{info['host']}:{info['fleet']}", clientappio=f"127.0.0.1:{free_port()}",
+                            root_ca=Path(info["ca"]))
+    home = site.work_dir / "flower-home"
+    home.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(cmd, env=process_env(FLWR_HOME=str(home)), cwd=home, start_new_session=True)
+    status_file = run_dir / STATUS_FILE
+    try:
+        while time.time() < deadline:
+            if status_file.exists():
+                status = json.loads(status_file.read_text())
+                if status.get("time", 0) > started and status.get("status") in ("done", "failed"):
+                    return 0 if status["status"] == "done" else 1
+            if proc.poll() is not None:
+                log.error("site %s: the SuperNode exited (%s)", site.name, proc.returncode)
+                return 1
+            time.sleep(poll_s)
+        return 1
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
 
 
 def _wait_port(port: int, timeout: float) -> None:

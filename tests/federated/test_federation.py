@@ -61,7 +61,7 @@ def scenario(site_data, tmp_path_factory):
                                          "train": TEST_TRAIN})
     run_dir = root / "run"
     out = {"sites": sites, "run_dir": run_dir, "cfg": cfg}
-    with LocalFederation(run_dir, sites, tls=True, wire_logs=True) as fed:
+    with LocalFederation(run_dir, sites, tls=True, wire_logs=True, require_secagg=True) as fed:
         out["fed"] = fed
         fed.start_superlink()
         for name in sites:

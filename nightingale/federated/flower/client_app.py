@@ -23,7 +23,21 @@ from flwr.clientapp import ClientApp
 from nightingale.federated.flower.wire import record_wire
 
 log = logging.getLogger(__name__)
-app = ClientApp(mods=[record_wire, secaggplus_mod])
+
+
+def secagg_when_asked(msg: Message, context: Context, call_next) -> Message:
+    """Flower's SecAgg+ mod for a federation that runs SecAgg+ (its train messages carry the
+    protocol's settings); plain rounds pass straight through (the mod would refuse them), unless
+    the site's node config says `require-secagg=true`: then it sends nothing in the clear."""
+    if msg.metadata.message_type == "train" and "secaggplus_configs" not in msg.content.config_records:
+        if context.node_config.get("require-secagg"):
+            raise PermissionError(f"site {context.node_config.get('site-name')!r} requires SecAgg+; "
+                                  "the coordinator asked for an update in the clear")
+        return call_next(msg, context)
+    return secaggplus_mod(msg, context, call_next)
+
+
+app = ClientApp(mods=[record_wire, secagg_when_asked])
 
 
 def _site(context: Context):
