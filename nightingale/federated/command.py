@@ -72,9 +72,10 @@ def register(subparsers) -> None:
     q.set_defaults(func=run_certs)
 
     q = sub.add_parser("superlink", help="start the coordinator's SuperLink (it runs the ServerApp)")
-    q.add_argument("--address", default="0.0.0.0", help="interface to listen on")
+    q.add_argument("--address", default="0.0.0.0", help="interface the Fleet API (sites) listens on")
     q.add_argument("--fleet-port", type=int, default=9092, help="sites connect here")
-    q.add_argument("--control-port", type=int, default=9093, help="`federate submit` connects here")
+    q.add_argument("--control-port", type=int, default=9093,
+                   help="`federate submit` connects here; it listens on 127.0.0.1 only (submit on this host)")
     q.add_argument("--serverappio-port", type=int, default=9091, help="local port for the ServerApp")
     q.add_argument("--tls-dir", help="ca.crt, server.pem, server.key (federate certs); omit only with --insecure")
     q.add_argument("--insecure", action="store_true", help="no TLS (a test network only)")
@@ -158,7 +159,7 @@ def _report(status: dict[str, Any]) -> int:
 def run_certs(args: argparse.Namespace) -> int:
     from nightingale.federated.launch import make_certificates
 
-    tls = make_certificates(args.out, args.host)
+    tls = make_certificates(args.out, list(dict.fromkeys([*args.host, "localhost", "127.0.0.1"])))
     log.info("wrote %s (give to every site), %s and %s (the coordinator's; keep the key private)",
              tls.ca, tls.cert, tls.key)
     return 0
@@ -191,7 +192,7 @@ def run_superlink(args: argparse.Namespace) -> int:
             return 2
     a = args.address
     return _exec(superlink_command(fleet=f"{a}:{args.fleet_port}", serverappio=f"127.0.0.1:{args.serverappio_port}",
-                                   control=f"{a}:{args.control_port}", tls=tls, supernode_auth=args.supernode_auth,
+                                   control=f"127.0.0.1:{args.control_port}", tls=tls, supernode_auth=args.supernode_auth,
                                    database=None if args.database == ":memory:" else Path(args.database)))
 
 

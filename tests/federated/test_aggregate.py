@@ -54,3 +54,12 @@ def test_gaussian_epsilon_grows_with_rounds_and_shrinks_with_noise():
     assert e[0] < e[1] and e[2] < e[1]
     # one Gaussian mechanism with z = 1: RDP gives epsilon ~ 5.3 at delta 1e-5 (sqrt(2 ln(1/delta)) + 1/2)
     assert e[0] == pytest.approx(math.sqrt(2 * math.log(1e5)) + 0.5, rel=0.02)
+
+
+def test_the_model_card_records_the_privacy_budget():
+    from nightingale.federated.aggregate import privacy_record
+
+    off = privacy_record(FederationConfig(), 3)
+    assert off == {"secure_aggregation": True, "suppress_below": 10, "differential_privacy": False}
+    on = privacy_record(FederationConfig.from_mapping({"dp": {"noise_multiplier": 2.0}}), 3)
+    assert on["epsilon"] == pytest.approx(gaussian_epsilon(2.0, 3, 1e-5)) and on["rounds"] == 3

@@ -52,3 +52,17 @@ def test_a_site_prepared_with_another_vocabulary_is_refused(prepared_site):
         site_mod.prepare(site, cfg, other)
     with pytest.raises(SiteDataError, match=r"site 'north': its prepared vocabulary is"):
         site_mod.train_round(site, cfg, weights, 1, "0" * 16, sites=3)
+
+
+def test_fedprox_keeps_a_site_near_the_global_weights(prepared_site, tmp_path):
+    cfg, site, vocab, weights = prepared_site
+    h = spec_hash(vocab.spec)
+    sizes = {}
+    for strategy, mu in (("fedavg", 0.0), ("fedprox", 50.0)):
+        c = FederationConfig.from_mapping({**cfg.to_dict(), "strategy": strategy, "proximal_mu": mu,
+                                           "train": {**TEST_TRAIN, "lr": 0.01}})
+        s = site_mod.Site(site.name, site.data_dir, tmp_path / strategy)
+        site_mod.prepare(s, c, vocab.spec)
+        update, _ = site_mod.train_round(s, c, weights, 1, h, sites=3)
+        sizes[strategy] = float(np.sqrt(sum(np.sum(u.astype(np.float64) ** 2) for u in update.values())))
+    assert sizes["fedprox"] < 0.8 * sizes["fedavg"], sizes
