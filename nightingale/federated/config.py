@@ -113,6 +113,7 @@ class FederationConfig:
             if key in self.train:
                 raise ValueError(f"federated.train.{key}: set by the federation (sites' folders, "
                                  "rounds x local_steps), not in its train settings")
+        self.train_config(".", ".")  # the sites' train settings, checked before any site sees them
         if self.secagg.enabled and self.secagg.reconstruction_threshold > self.min_sites:
             raise ValueError(f"federated.secagg.reconstruction_threshold ({self.secagg.reconstruction_threshold}) "
                              f"above min_sites ({self.min_sites}): a round that min_sites allows could not unmask")
@@ -120,6 +121,21 @@ class FederationConfig:
     @property
     def total_steps(self) -> int:
         return self.rounds * self.local_steps
+
+    def train_config(self, data_dir: Any, run_dir: Any):
+        """A site's TrainConfig: the federation's train settings over the site's folders, the
+        schedule spanning every round, no export (the coordinator exports the global model)."""
+        from nightingale.training.config import TrainConfig
+
+        settings = {"wandb_mode": "disabled", "progress": False, "checkpoint_every": self.total_steps,
+                    "eval_every": self.local_steps, "log_every": self.local_steps, "seed": self.seed, **self.train}
+        return TrainConfig.from_mapping({**settings, "data_dir": data_dir, "run_dir": run_dir, "model": self.model,
+                                         "max_steps": self.total_steps, "export": False})
+
+    @property
+    def max_round_tokens(self) -> int:
+        """An upper bound on the tokens a site trains on in a round (SecAgg+'s largest weight)."""
+        return self.local_steps * self.train_config(".", ".").windows_per_step(1) * self.model.context_length
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -79,13 +79,8 @@ def sketch(site: Site, cfg: FederationConfig) -> dict[str, Any]:
     """Check the data, then the site's vocabulary sketch (`federated/vocabulary.py`)."""
     n_train = check_data(site, cfg)
     prep = site.preparer(cfg)
-    train = fit_mod.train_subjects(prep.ds)
-    shards = prep.fit_shards()
-    for shard in shards:
-        prep.fit_shard(shard, train)
-    stats = fit_mod.combine_stats([pl.read_parquet(prep._stats_path(s)) for s in shards], cfg.tokenizer)
-    gaps = pl.concat([pl.read_parquet(prep._gap_stats_path(s)) for s in shards])
-    return site_sketch(stats, gaps, fit_mod.dataset_parents(prep.ds), n_train,
+    stats, gaps = prep.train_statistics()
+    return site_sketch(stats, pl.concat(gaps), fit_mod.dataset_parents(prep.ds), n_train,
                        threshold=cfg.suppress_below, site=site.name)
 
 
@@ -125,15 +120,6 @@ def _world_of_one() -> None:
                       MASTER_PORT=str(_free_port()))
 
 
-def train_config(site: Site, cfg: FederationConfig):
-    from nightingale.training.config import TrainConfig
-
-    settings = {"wandb_mode": "disabled", "progress": False, "checkpoint_every": cfg.total_steps,
-                "eval_every": cfg.local_steps, "log_every": cfg.local_steps, "seed": cfg.seed, **cfg.train}
-    return TrainConfig.from_mapping({**settings, "data_dir": site.prepared, "run_dir": site.train_dir,
-                                     "model": cfg.model, "max_steps": cfg.total_steps, "export": False})
-
-
 def _rewind(site: Site, step: int) -> None:
     """Forget site checkpoints past `step`: a coordinator that restarted resends a round the site
     may already have trained, from the same global weights; the site trains it again from there."""
@@ -160,7 +146,7 @@ def train_round(site: Site, cfg: FederationConfig, weights: dict[str, np.ndarray
     if have != vocab_hash:
         raise SiteDataError(f"site {site.name!r}: its prepared vocabulary is {have}, the coordinator's is "
                             f"{vocab_hash}; the site must prepare with the federation's vocabulary first")
-    tcfg = train_config(site, cfg)
+    tcfg = cfg.train_config(site.prepared, site.train_dir)
     _rewind(site, (round_no - 1) * cfg.local_steps)
     _world_of_one()
     start = {k: torch.from_numpy(np.asarray(v, np.float32).copy()) for k, v in weights.items()}

@@ -100,19 +100,24 @@ class Preparer:
         other = set(S.SPLITS) - {S.TRAIN}
         return [s for s in self.shard_names if s.split("/")[0] not in other]
 
+    def train_statistics(self) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+        """The train split's code statistics (combined) and each shard's time-gap statistics,
+        fitting the shards not done yet; what a vocabulary is fitted from, here or, suppressed and
+        summarised, at a federated site (federated/vocabulary.py)."""
+        train = fit_mod.train_subjects(self.ds)
+        shards = self.fit_shards()
+        for shard in tqdm(shards, desc="fit statistics", unit="shard", disable=not self.cfg.show_progress):
+            self.fit_shard(shard, train)
+        stats = fit_mod.combine_stats([pl.read_parquet(self._stats_path(s)) for s in shards], self.cfg.tokenizer)
+        return stats, [pl.read_parquet(self._gap_stats_path(s)) for s in shards]
+
     def fit_vocabulary(self) -> Vocabulary:
         """Fit (or load, when already fitted) the vocabulary from every train shard's statistics."""
         vdir = self.out / "vocab"
         if (vdir / SPEC_FILE).exists():
             return Vocabulary.load(vdir)
-        train = fit_mod.train_subjects(self.ds)
-        shards = self.fit_shards()
-        for shard in tqdm(shards, desc="fit statistics", unit="shard", disable=not self.cfg.show_progress):
-            self.fit_shard(shard, train)
-        parts = [pl.read_parquet(self._stats_path(s)) for s in shards]
-        stats = fit_mod.combine_stats(parts, self.cfg.tokenizer)
-        gap_decode_s = fit_mod.combine_gap_stats(
-            [pl.read_parquet(self._gap_stats_path(s)) for s in shards], self.cfg.tokenizer)
+        stats, gaps = self.train_statistics()
+        gap_decode_s = fit_mod.combine_gap_stats(gaps, self.cfg.tokenizer)
         vocab = Vocabulary.fit(stats, self.cfg.tokenizer, fit_mod.dataset_parents(self.ds), gap_decode_s)
         with atomic_dir(vdir, overwrite=True) as tmp:
             vocab.save(tmp)

@@ -28,7 +28,18 @@ def _run(root, sites):
         return fed.run(CFG, timeout=300)
 
 
-def test_bad_data_and_a_small_site_are_named_and_no_round_starts(site_data, tmp_path):
+@pytest.fixture(scope="module")
+def failed(site_data, tmp_path_factory):
+    """Both federations at once (each mostly waits on Flower's polling)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(_bad_data_and_small_site, site_data, tmp_path_factory.mktemp("bad"))
+        b = pool.submit(_other_vocabulary, site_data, tmp_path_factory.mktemp("vocab"))
+        return {"bad": a.result(), "vocab": b.result()}
+
+
+def _bad_data_and_small_site(site_data, tmp_path):
     broken = tmp_path / "city"
     shutil.copytree(site_data["city"], broken)
     shard = sorted((broken / "data" / "train").glob("*.parquet"))[0]
@@ -37,7 +48,11 @@ def test_bad_data_and_a_small_site_are_named_and_no_round_starts(site_data, tmp_
     sites = {"north": Site("north", site_data["north"], tmp_path / "w" / "north"),
              "city": Site("city", broken, tmp_path / "w" / "city"),
              "tiny": Site("tiny", tmp_path / "tiny", tmp_path / "w" / "tiny")}
-    status = _run(tmp_path, sites)
+    return tmp_path, _run(tmp_path, sites)
+
+
+def test_bad_data_and_a_small_site_are_named_and_no_round_starts(failed):
+    tmp_path, status = failed["bad"]
     assert status["status"] == "failed"
     assert "no round was started" in status["message"]
     assert set(status["errors"]) == {"city", "tiny"}
@@ -46,12 +61,16 @@ def test_bad_data_and_a_small_site_are_named_and_no_round_starts(site_data, tmp_
     assert not (tmp_path / "run" / "rounds").exists()
 
 
-def test_a_site_prepared_with_another_vocabulary_is_named(site_data, tmp_path):
+def _other_vocabulary(site_data, tmp_path):
     sites = {n: Site(n, p, tmp_path / "w" / n) for n, p in site_data.items()}
     # shire's work folder holds a vocabulary fitted from shire alone (say, an earlier federation)
     own = merge_sketches([site_mod.sketch(sites["shire"], CFG)], CFG.tokenizer)
     site_mod.prepare(sites["shire"], CFG, own.spec)
-    status = _run(tmp_path, sites)
+    return tmp_path, _run(tmp_path, sites)
+
+
+def test_a_site_prepared_with_another_vocabulary_is_named(failed):
+    tmp_path, status = failed["vocab"]
     assert status["status"] == "failed" and set(status["errors"]) == {"shire"}
     assert "holds vocabulary" in status["errors"]["shire"] and "no round was started" in status["message"]
     assert not (tmp_path / "run" / "rounds").exists()

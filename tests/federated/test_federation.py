@@ -1,10 +1,13 @@
 """A real federation on localhost: a SuperLink and its ServerApp, three SuperNodes (one per
 simulated site) and their ClientApps, all separate processes talking gRPC over TLS with
-certificates the test makes, SecAgg+ on. One scenario, four rounds of a small model:
+certificates the test makes, SecAgg+ on (and required by the sites). One scenario, three rounds
+of a small model:
 
-- round 2: one site is killed (SIGKILL) while it trains; the round completes with the others;
-- round 3: the coordinator (SuperLink + ServerApp) is killed mid-round; a restart (and the lost
-  site's return) resumes from the last complete round and finishes round 4 with all three;
+- round 2: one site is killed (SIGTERM to its process group: the SuperLink learns of it within
+  seconds; a SIGKILL'd site is found out by its missed heartbeats, ~60 s later, with the same
+  outcome) while it trains; the round completes with the others;
+- round 3: the coordinator (SuperLink + ServerApp) is killed (SIGKILL) mid-round; a restart (and
+  the lost site's return) resumes from the last complete round and finishes round 3 with all three;
 - the exported model loads in transformers and in vLLM, which agree on its next-token odds;
 - a recorder at one site shows what crossed the wire: sketches, hashes, masked updates, metrics.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -57,7 +61,7 @@ def training_started(site: Site, after: float) -> bool:
 def scenario(site_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("federation")
     sites = {n: Site(n, p, root / "work" / n) for n, p in site_data.items()}
-    cfg = FederationConfig.from_mapping({"rounds": 4, "local_steps": 2, "min_sites": 2, "model": TEST_MODEL,
+    cfg = FederationConfig.from_mapping({"rounds": 3, "local_steps": 2, "min_sites": 2, "model": TEST_MODEL,
                                          "train": TEST_TRAIN})
     run_dir = root / "run"
     out = {"sites": sites, "run_dir": run_dir, "cfg": cfg}
@@ -70,11 +74,11 @@ def scenario(site_data, tmp_path_factory):
         wait_until(lambda: latest_round(run_dir) >= 1, 600, "round 1", fed)
         t1 = (run_dir / "rounds" / "round-0001").stat().st_mtime
         wait_until(lambda: training_started(sites["shire"], t1), 300, "shire training round 2", fed)
-        fed.kill("shire")
+        fed.kill("shire", signal.SIGTERM)
         wait_until(lambda: latest_round(run_dir) >= 2, 600, "round 2 without shire", fed)
         t2 = (run_dir / "rounds" / "round-0002").stat().st_mtime
         wait_until(lambda: training_started(sites["north"], t2), 300, "round 3 training", fed)
-        fed.kill("superlink")
+        fed.kill("superlink", signal.SIGKILL)
         out["rounds_at_kill"] = latest_round(run_dir)
         out["status_at_kill"] = json.loads((run_dir / "status.json").read_text())
         out["round1_mtime"] = t1
@@ -87,20 +91,20 @@ def scenario(site_data, tmp_path_factory):
 def test_three_sites_secure_rounds_and_a_model_folder(scenario):
     status, run_dir = scenario["status"], scenario["run_dir"]
     assert status["status"] == "done" and status["flower"] == "finished:completed", status
-    state = json.loads((run_dir / "rounds" / "round-0004" / "state.json").read_text())
-    assert [h["round"] for h in state["history"]] == [1, 2, 3, 4]
+    state = json.loads((run_dir / "rounds" / "round-0003" / "state.json").read_text())
+    assert [h["round"] for h in state["history"]] == [1, 2, 3]
     card = json.loads((run_dir / "model" / "model_card.json").read_text())
     assert card["federation"]["privacy"]["secure_aggregation"] is True
-    assert card["steps"] == 8 and card["data"]["sites"] == ["city", "north", "shire"]
+    assert card["steps"] == 6 and card["data"]["sites"] == ["city", "north", "shire"]
     losses = [h["loss_train"] for h in state["history"]]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
 def test_a_site_killed_mid_round_leaves_the_round_to_the_others(scenario):
-    history = json.loads((scenario["run_dir"] / "rounds" / "round-0004" / "state.json").read_text())["history"]
+    history = json.loads((scenario["run_dir"] / "rounds" / "round-0003" / "state.json").read_text())["history"]
     assert history[0]["sites"] == ["city", "north", "shire"]
     assert history[1]["sites"] == ["city", "north"] and history[1]["failed"] >= 1
-    assert history[3]["sites"] == ["city", "north", "shire"]  # the site came back
+    assert history[2]["sites"] == ["city", "north", "shire"]  # the site came back
 
 
 def test_a_restarted_coordinator_resumes_from_the_last_round(scenario):
@@ -171,4 +175,4 @@ def test_only_sketches_masked_updates_and_metrics_leave_a_site(scenario, site_da
                             assert (vals == edge).mean() >= 0.01, code
         if w["in"]["type"] == "query.prepare":
             assert set(cfgs["reply"]) == {"site", "vocab_hash", "train_tokens"}
-    assert masked >= 3  # every round north took part in sent one masked update
+    assert masked >= 3  # every round north took part in (3, and round 3 twice) sent a masked update

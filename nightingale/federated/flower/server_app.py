@@ -167,11 +167,9 @@ def main(grid: Grid, context: Context) -> None:
             fit = None
             if cfg.secagg.enabled:
                 s = cfg.secagg
-                max_weight = float(cfg.local_steps * cfg.model.context_length
-                                   * int(cfg.train.get("micro_batch_size", 8)) * int(cfg.train.get("grad_accum", 1)))
                 fit = TolerantSecAggPlusWorkflow(num_shares=min(s.num_shares, len(nodes)),
                                                  reconstruction_threshold=s.reconstruction_threshold,
-                                                 max_weight=max_weight, clipping_range=s.clipping_range,
+                                                 max_weight=float(cfg.max_round_tokens), clipping_range=s.clipping_range,
                                                  quantization_range=s.quantization_range, timeout=s.timeout_s)
             DefaultWorkflow(fit_workflow=fit)(grid, legacy)
             state = strategy.state
