@@ -133,6 +133,11 @@ def _load_round_weights(engine, fed: FederatedRound, zero_stage: int) -> list[to
     if missing or unexpected:
         raise ValueError(f"federated round: global weights do not fit the model (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
+    # ZeRO (and the bf16/fp16 wrappers) step a float32 master copy of the weights and copy it back
+    # into the module: refresh it, or the first step would put the site's own weights back.
+    refresh = getattr(engine.optimizer, "refresh_fp32_params", None)
+    if refresh is not None:
+        refresh()
     names = dict(module.named_parameters())
     return [fed.weights[n].to(p.device, p.dtype) for n, p in names.items()] if fed.proximal_mu else []
 

@@ -66,3 +66,24 @@ def test_fedprox_keeps_a_site_near_the_global_weights(prepared_site, tmp_path):
         update, _ = site_mod.train_round(s, c, weights, 1, h, sites=3)
         sizes[strategy] = float(np.sqrt(sum(np.sum(u.astype(np.float64) ** 2) for u in update.values())))
     assert sizes["fedprox"] < 0.8 * sizes["fedavg"], sizes
+
+
+def test_a_round_starts_from_the_global_weights_not_the_sites_own(prepared_site, tmp_path):
+    """Under ZeRO-1 the optimizer steps a float32 master copy: the round must train from the weights
+    it was sent, not from where the site's own checkpoint left off."""
+    cfg, site, vocab, weights = prepared_site
+    h = spec_hash(vocab.spec)
+    s = site_mod.Site(site.name, site.data_dir, tmp_path / "own")
+    site_mod.prepare(s, cfg, vocab.spec)
+    u1, _ = site_mod.train_round(s, cfg, weights, 1, h, sites=3)
+    own = {k: weights[k] + u1[k] for k in weights}
+    other = {k: v.detach().numpy().copy() for k, v in build_model(cfg.model.with_vocab(len(vocab)), seed=7)
+             .state_dict().items()}  # a global model far from the site's own
+    u2, _ = site_mod.train_round(s, cfg, other, 2, h, sites=3)
+
+    def norm(d):
+        return float(np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in d.values())))
+
+    gap = norm({k: own[k] - other[k] for k in own})
+    assert norm(u2) < 0.2 * gap, (norm(u2), gap)  # a couple of steps from `other`, not a jump back to `own`
+    assert norm(u2) > 0
