@@ -4,12 +4,18 @@ Three arms, one vocabulary (the federation's), the same model preset and optimiz
   federated  `rounds` rounds over all sites (real SuperLink, SuperNodes, SecAgg+ unless
              --no-secagg); each site trains steps / (rounds x sites) local steps a round, so the
              federation does `steps` optimizer steps in all
-  central    the sites' records pooled in one place, `steps` steps (what federation approximates)
+  central    the sites' records pooled in one place, `steps` steps: the same compute in all
+  central equal-steps   the same, steps / sites steps: as many sequential optimizer steps as each
+             site takes (the same wall-clock time, with every site training at once on its own GPU)
   alone      each site on its own records, steps / sites steps (the compute it gives the federation)
-Each model is scored by its loss (nats/token) on every site's held-out patients (zero-shot
-mortality_1y AUROC per site is not measured here yet: eval/evaluate.py scores one model folder on
-one prepared dataset, e.g. a site's work folder). Prints the table, the goal (federated loss within 5% of central, and below the site-alone
-average), and the time and bytes of a federated round; writes results.json and a PNG.
+The goal is judged against both central arms: at the same compute a federation takes a third of
+central training's sequential steps (3 sites), at the same steps it processes 3x the tokens.
+Each model is scored by its loss (nats/token) on every site's held-out patients, and by its
+zero-shot `mortality_1y` AUROC there (the evaluation harness: vLLM rollouts at temperature 1, the
+task's labels, with the logistic baseline and the simulator's oracle on the same labels; a site-alone
+model on its own site only; --labels 0 skips this). Intervals only with >= 30 of each class.
+Prints the tables, the goal (federated loss within 5% of central, and below the site-alone
+average), and the time and bytes of a federated round; writes results.json and PNGs.
 
     .venv/bin/python benchmarks/bench_federated.py --out runs/bench_fed --subjects 5000 --steps 300
 """
@@ -62,6 +68,9 @@ def train(data_dir: Path, run_dir: Path, args, steps: int) -> Path:
     """A central (or site-alone) run of the usual trainer, one process."""
     model_dir = run_dir / "model"
     if model_dir.exists():
+        done = json.loads((run_dir / "train_config.json").read_text())["max_steps"]
+        if done != steps:
+            raise SystemExit(f"{run_dir}: holds a {done}-step run, this benchmark asks for {steps}; use another --out")
         return model_dir
     cmd = [sys.executable, str(ROOT / "train" / "train.py"), f"model={args.model}", f"data_dir={data_dir}",
            f"run_dir={run_dir}", f"train.max_steps={steps}", f"train.micro_batch_size={args.micro_batch}",
@@ -98,6 +107,79 @@ def pooled(sites: dict[str, Site], out: Path, vocab_dir: Path) -> Path:
     return prepared
 
 
+def mortality_auroc(models: dict[str, Path], sites: dict[str, Site], out: Path, args, tag: str) -> dict:
+    """Zero-shot mortality_1y on each site's held-out labels through the evaluation harness, per
+    (model, site) and pooled over the sites; the baseline and the oracle once per site (their
+    labels are the same for every model: same data, task and seed)."""
+    import polars as pl
+
+    from nightingale import schema as S
+    from nightingale.evaluation.harness import Harness, TasksConfig, score
+    from nightingale.evaluation.tasks import load_task
+    from nightingale.evaluation.zeroshot import ZeroShotConfig
+
+    task = load_task(ROOT / "configs" / "eval" / "tasks" / "simulator" / "mortality_1y.yaml")
+    engine_cfg = {**yaml.safe_load((ROOT / "configs" / "engine" / "default.yaml").read_text()), "max_num_seqs": 1024}
+    zcfg = ZeroShotConfig(rollouts=args.rollouts)
+    table: dict[str, dict] = {}
+    pooled_preds: dict[str, list[pl.DataFrame]] = {}
+    for model, model_dir in models.items():
+        for name, site in sites.items():
+            if model.endswith(" alone") and model != f"{name} alone":
+                continue
+            first = model == "federated"
+            where = out / "auroc" / (model.replace(" ", "-") + (tag if first else "")) / name
+            saved = where / "entry.json"
+            if not saved.exists():
+                tcfg = TasksConfig(max_labels=args.labels, bootstrap=200, baseline=first, oracle=first,
+                                   oracle_samples=100)
+                h = Harness(model_dir, site.prepared, site.data_dir, where, engine_cfg=engine_cfg, progress=False)
+                try:
+                    entry = h.tasks({task.name: task}, zcfg, tcfg)[task.name]
+                finally:
+                    h.close()
+                entry.pop("_preds", None)
+                saved.write_text(json.dumps({k: entry.get(k) for k in ("labels", "model", "baseline", "oracle")},
+                                            default=str))
+            entry = json.loads(saved.read_text())
+            for arm in ("model", "baseline", "oracle"):
+                if entry.get(arm):
+                    label = model if arm == "model" else arm
+                    table.setdefault(label, {})[name] = {k: entry[arm].get(k) for k in
+                                                         ("auroc", "auroc_ci", "positives", "n", "interval_note")}
+            preds = where / "predictions" / f"{task.name}.model.parquet"
+            key = "site alone" if model.endswith(" alone") else model
+            pooled_preds.setdefault(key, []).append(pl.read_parquet(preds))
+            if first:
+                pooled_preds.setdefault("baseline", []).append(
+                    pl.read_parquet(where / "predictions" / f"{task.name}.baseline.parquet"))
+    pooled = {}
+    for key, frames in pooled_preds.items():
+        f = pl.concat(frames)
+        y = f[S.BOOLEAN_VALUE].to_numpy().astype(np.int64)
+        p = f[S.PREDICTED_BOOLEAN_PROBABILITY].to_numpy().astype(np.float64)
+        sc = score(y, p, 1000, 0, 30, f[S.SUBJECT_ID].to_numpy())
+        pooled[key] = {k: sc.get(k) for k in ("auroc", "auroc_ci", "positives", "n", "interval_note")}
+    return {"per_site": table, "pooled": pooled, "rollouts": args.rollouts, "max_labels_per_site": args.labels}
+
+
+def auroc_text(result: dict, names: list[str]) -> list[str]:
+    def cell(v: dict | None) -> str:
+        if not v or v.get("auroc") is None:
+            return "n/a"
+        ci = v.get("auroc_ci")
+        return f"{v['auroc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f" ({v['positives']}/{v['n']})"
+
+    lines = ["| model | " + " | ".join(names) + " | pooled |", "|" + "---|" * (len(names) + 2)]
+    for label, row in result["per_site"].items():
+        pooled = "" if label.endswith(" alone") else cell(result["pooled"].get(label))
+        lines.append(f"| {label} | " + " | ".join(cell(row.get(n)) if n in row else "" for n in names) + f" | {pooled} |")
+    if "site alone" in result["pooled"]:
+        lines.append("| each site alone, on its own site | " + " | ".join("" for _ in names)
+                     + f" | {cell(result['pooled']['site alone'])} |")
+    return lines
+
+
 def round_bytes(fed: LocalFederation, names: list[str]) -> float:
     """Bytes a site sends and receives per round (train messages of all SecAgg+ stages), mean."""
     per_round = []
@@ -123,6 +205,8 @@ def main() -> int:
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--eval-windows", type=int, default=256)
+    ap.add_argument("--labels", type=int, default=600, help="mortality_1y held-out labels per site (0: no AUROC)")
+    ap.add_argument("--rollouts", type=int, default=4, help="rollouts per mortality_1y label")
     ap.add_argument("--no-secagg", action="store_true")
     ap.add_argument("--strategy", default="fedavg", help="fedavg | fedprox | fedadam")
     ap.add_argument("--server-lr", type=float, default=0.01, help="fedadam's server learning rate")
@@ -156,8 +240,10 @@ def main() -> int:
         (fed_dir / "rounds" / "latest").read_text().strip(), "state.json").read_text())["history"]
     models = {"federated": fed_dir / "model"}
     t0 = time.time()
-    models["central"] = train(pooled(sites, out, fed_dir / "vocab"), out / "central", args, args.steps)
+    pooled_dir = pooled(sites, out, fed_dir / "vocab")
+    models["central"] = train(pooled_dir, out / "central", args, args.steps)
     central_wall = time.time() - t0
+    models["central equal-steps"] = train(pooled_dir, out / "central-equal-steps", args, args.steps // len(names))
     for n, s in sites.items():
         models[f"{n} alone"] = train(s.prepared, out / f"alone-{n}", args, args.steps // len(names))
     context = cfg.model.context_length
@@ -172,25 +258,37 @@ def main() -> int:
     for m, row in losses.items():
         lines.append(f"| {m} | " + " | ".join(f"{row[n]:.4f}" for n in names) + f" | {np.mean(list(row.values())):.4f} |")
     ratio = fed_mean / central_mean
+    ratio_steps = fed_mean / float(np.mean(list(losses["central equal-steps"].values())))
     report = {
         "machine": f"{platform.node()} {os.cpu_count()} CPUs", "subjects_per_site": args.subjects,
         "steps": args.steps, "rounds": args.rounds, "local_steps": local, "secagg": not args.no_secagg,
-        "held_out_loss": losses, "federated_over_central": ratio, "federated_own_sites": fed_own,
+        "held_out_loss": losses, "federated_over_central": ratio, "federated_over_central_equal_steps": ratio_steps,
+        "goal_within_5pct_equal_steps": ratio_steps <= 1.05, "federated_own_sites": fed_own,
         "site_alone_average": alone_own, "goal_within_5pct": ratio <= 1.05, "goal_beats_alone": fed_own < alone_own,
         "round_seconds": [h["seconds"] for h in history], "bytes_per_round_per_site": bytes_per_round,
         "federated_wall_s": fed_wall, "central_wall_s": central_wall,
     }
     report["strategy"] = args.strategy
+    aurocs = mortality_auroc(models, sites, out, args, tag) if args.labels > 0 else None
+    report["mortality_1y"] = aurocs
     (out / f"results{tag}.json").write_text(json.dumps(report, indent=2))
     text = "\n".join([
         f"# Federated ({args.strategy}) vs central vs site alone ({report['machine']}; {args.subjects} subjects per site)", "",
         "Held-out loss (nats/token) on each site's held-out patients:", "", *lines, "",
-        f"- federated / central loss: {ratio:.3f} (goal <= 1.05: {'met' if ratio <= 1.05 else 'missed'})",
+        f"- federated / central loss, same compute ({args.steps} steps): {ratio:.3f} "
+        f"(goal <= 1.05: {'met' if ratio <= 1.05 else 'missed'})",
+        f"- federated / central loss, same sequential steps ({args.steps // len(names)}): {ratio_steps:.3f} "
+        f"(goal <= 1.05: {'met' if ratio_steps <= 1.05 else 'missed'})",
         f"- each site's own held-out: federated {fed_own:.4f} vs site alone {alone_own:.4f} "
         f"(goal: lower: {'met' if fed_own < alone_own else 'missed'})",
         f"- a federated round: {np.mean(report['round_seconds']):.1f} s on average, "
         f"{bytes_per_round / 1e6:.2f} MB in and out per site; federation wall {fed_wall:.0f} s, "
         f"central training wall {central_wall:.0f} s"])
+    if aurocs:
+        text += "\n\n" + "\n".join([
+            f"Zero-shot mortality_1y AUROC on each site's held-out labels ({args.rollouts} rollouts per label, "
+            "temperature 1; [95% interval, bootstrap over subjects] where both classes have >= 30 labels; "
+            "(positives/labels)):", "", *auroc_text(aurocs, names)])
     (out / f"results{tag}.md").write_text(text + "\n")
     print(text)
     import matplotlib
@@ -208,6 +306,19 @@ def main() -> int:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / f"held_out_loss{tag}.png", dpi=120)
+    if aurocs:
+        rows = aurocs["per_site"]
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        width = 0.8 / len(rows)
+        for i, (m, row) in enumerate(rows.items()):
+            ax.bar(np.arange(len(names)) + i * width, [(row.get(n) or {}).get("auroc") or np.nan for n in names],
+                   width, label=m)
+        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
+        ax.set_ylabel("mortality_1y AUROC (held-out)")
+        ax.set_ylim(0.5, 1.0)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"mortality_auroc{tag}.png", dpi=120)
     return 0
 
 

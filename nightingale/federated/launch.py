@@ -31,7 +31,7 @@ from typing import Any
 from nightingale.atomic import atomic_file, write_json_atomic
 from nightingale.federated.config import FederationConfig
 from nightingale.federated.coordinator import STATUS_FILE
-from nightingale.federated.site import Site
+from nightingale.federated.site import Site, free_port
 
 log = logging.getLogger(__name__)
 APP_DIR = Path(__file__).resolve().parent / "flower" / "app"
@@ -50,12 +50,6 @@ def process_env(**extra: str) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,8 @@ def prepare(site: Site, cfg: FederationConfig, spec: dict[str, Any]) -> dict[str
     return {"vocab_hash": wanted, "train_tokens": int(report["splits"].get("train", {}).get("tokens", 0))}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on localhost that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -117,7 +118,7 @@ def _world_of_one() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(_free_port()))
+                      MASTER_PORT=str(free_port()))
 
 
 def _rewind(site: Site, step: int) -> None:
