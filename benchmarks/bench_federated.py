@@ -182,6 +182,10 @@ def auroc_text(result: dict, names: list[str]) -> list[str]:
     return lines
 
 
+def seconds(s: float | None) -> str:
+    return "n/a (reused from an earlier run)" if s is None else f"{s:.0f} s"
+
+
 def round_bytes(fed: LocalFederation, names: list[str]) -> float:
     """Bytes a site sends and receives per round (train messages of all SecAgg+ stages), mean."""
     per_round = []
@@ -230,6 +234,9 @@ def main() -> int:
         "train": {"micro_batch_size": args.micro_batch, "warmup_steps": max(1, args.rounds * local // 10),
                   "zero_stage": 1, "eval_windows": args.micro_batch * 4}})
     fed_dir = out / f"federated{tag}"
+    results = out / f"results{tag}.json"
+    previous = json.loads(results.read_text()) if results.exists() else {}
+    reused = {"federated": (fed_dir / "model").exists(), "central": (out / "central" / "model").exists()}
     t0 = time.time()
     with LocalFederation(fed_dir, sites, wire_logs=True) as fed:
         if not (fed_dir / "model").exists():
@@ -237,14 +244,14 @@ def main() -> int:
             if status["status"] != "done":
                 raise SystemExit(f"federation {status['status']}: {status.get('message')}")
         bytes_per_round = round_bytes(fed, names)
-    fed_wall = time.time() - t0
+    fed_wall = previous.get("federated_wall_s") if reused["federated"] else time.time() - t0  # a rerun keeps the first
     history = json.loads((fed_dir / "rounds" / "latest").parent.joinpath(
         (fed_dir / "rounds" / "latest").read_text().strip(), "state.json").read_text())["history"]
     models = {"federated": fed_dir / "model"}
     t0 = time.time()
     pooled_dir = pooled(sites, out, fed_dir / "vocab")
     models["central"] = train(pooled_dir, out / "central", args, args.steps)
-    central_wall = time.time() - t0
+    central_wall = previous.get("central_wall_s") if reused["central"] else time.time() - t0
     models["central equal-steps"] = train(pooled_dir, out / "central-equal-steps", args, args.steps // len(names))
     for n, s in sites.items():
         models[f"{n} alone"] = train(s.prepared, out / f"alone-{n}", args, args.steps // len(names))
@@ -273,7 +280,7 @@ def main() -> int:
     report["strategy"] = args.strategy
     aurocs = mortality_auroc(models, sites, out, args, tag) if args.labels > 0 else None
     report["mortality_1y"] = aurocs
-    (out / f"results{tag}.json").write_text(json.dumps(report, indent=2))
+    results.write_text(json.dumps(report, indent=2))
     text = "\n".join([
         f"# Federated ({args.strategy}) vs central vs site alone ({report['machine']}; {args.subjects} subjects per site)", "",
         "Held-out loss (nats/token) on each site's held-out patients:", "", *lines, "",
@@ -284,8 +291,8 @@ def main() -> int:
         f"- each site's own held-out: federated {fed_own:.4f} vs site alone {alone_own:.4f} "
         f"(goal: lower: {'met' if fed_own < alone_own else 'missed'})",
         f"- a federated round: {np.mean(report['round_seconds']):.1f} s on average, "
-        f"{bytes_per_round / 1e6:.2f} MB in and out per site; federation wall {fed_wall:.0f} s, "
-        f"central training wall {central_wall:.0f} s"])
+        f"{bytes_per_round / 1e6:.2f} MB in and out per site; federation wall {seconds(fed_wall)}, "
+        f"central training wall {seconds(central_wall)}"])
     if aurocs:
         text += "\n\n" + "\n".join([
             f"Zero-shot mortality_1y AUROC on each site's held-out labels ({args.rollouts} rollouts per label, "
@@ -298,29 +305,26 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / len(losses)
-    for i, (m, row) in enumerate(losses.items()):
-        ax.bar(np.arange(len(names)) + i * width, [row[n] for n in names], width, label=m)
-    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
-    ax.set_ylabel("held-out loss (nats/token)")
-    ax.set_ylim(min(min(r.values()) for r in losses.values()) * 0.95, max(max(r.values()) for r in losses.values()) * 1.02)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / f"held_out_loss{tag}.png", dpi=120)
-    if aurocs:
-        rows = aurocs["per_site"]
+    def bars(rows: dict[str, dict[str, float]], ylabel: str, ylim: tuple[float, float], path: Path) -> None:
+        """One group of bars per site, one bar per model (NaN where a model was not scored there)."""
         fig, ax = plt.subplots(figsize=(7, 3.5))
         width = 0.8 / len(rows)
         for i, (m, row) in enumerate(rows.items()):
-            ax.bar(np.arange(len(names)) + i * width, [(row.get(n) or {}).get("auroc") or np.nan for n in names],
-                   width, label=m)
+            ax.bar(np.arange(len(names)) + i * width, [row.get(n, np.nan) for n in names], width, label=m)
         ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
-        ax.set_ylabel("mortality_1y AUROC (held-out)")
-        ax.set_ylim(0.5, 1.0)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(*ylim)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / f"mortality_auroc{tag}.png", dpi=120)
+        fig.savefig(path, dpi=120)
+
+    bars(losses, "held-out loss (nats/token)", (min(min(r.values()) for r in losses.values()) * 0.95,
+                                               max(max(r.values()) for r in losses.values()) * 1.02),
+         out / f"held_out_loss{tag}.png")
+    if aurocs:
+        rows = {m: {n: v["auroc"] for n, v in row.items() if v.get("auroc") is not None}
+                for m, row in aurocs["per_site"].items()}
+        bars(rows, "mortality_1y AUROC (held-out)", (0.5, 1.0), out / f"mortality_auroc{tag}.png")
     return 0
 
 

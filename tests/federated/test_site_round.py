@@ -16,6 +16,11 @@ TEST_MODEL = {"name": "fedtest", "hidden_size": 64, "n_layers": 2, "n_heads": 2,
 TEST_TRAIN = {"micro_batch_size": 4, "warmup_steps": 1, "eval_windows": 8, "zero_stage": 1}
 
 
+def norm(arrays) -> float:
+    """The L2 norm of a set of arrays taken as one vector."""
+    return float(np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in arrays.values())))
+
+
 @pytest.fixture(scope="module")
 def prepared_site(site_data, tmp_path_factory):
     cfg = FederationConfig.from_mapping({"rounds": 3, "local_steps": 2, "model": TEST_MODEL, "train": TEST_TRAIN})
@@ -64,7 +69,7 @@ def test_fedprox_keeps_a_site_near_the_global_weights(prepared_site, tmp_path):
         s = site_mod.Site(site.name, site.data_dir, tmp_path / strategy)
         site_mod.prepare(s, c, vocab.spec)
         update, _ = site_mod.train_round(s, c, weights, 1, h, sites=3)
-        sizes[strategy] = float(np.sqrt(sum(np.sum(u.astype(np.float64) ** 2) for u in update.values())))
+        sizes[strategy] = norm(update)
     assert sizes["fedprox"] < 0.8 * sizes["fedavg"], sizes
 
 
@@ -80,9 +85,6 @@ def test_a_round_starts_from_the_global_weights_not_the_sites_own(prepared_site,
     other = {k: v.detach().numpy().copy() for k, v in build_model(cfg.model.with_vocab(len(vocab)), seed=7)
              .state_dict().items()}  # a global model far from the site's own
     u2, _ = site_mod.train_round(s, cfg, other, 2, h, sites=3)
-
-    def norm(d):
-        return float(np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in d.values())))
 
     gap = norm({k: own[k] - other[k] for k in own})
     assert norm(u2) < 0.2 * gap, (norm(u2), gap)  # a couple of steps from `other`, not a jump back to `own`
