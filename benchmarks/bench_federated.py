@@ -215,21 +215,25 @@ def main() -> int:
     ap.add_argument("--rollouts", type=int, default=4, help="rollouts per mortality_1y label")
     ap.add_argument("--no-secagg", action="store_true")
     ap.add_argument("--strategy", default="fedavg", help="fedavg | fedprox | fedadam")
-    ap.add_argument("--server-lr", type=float, default=0.01, help="fedadam's server learning rate")
+    ap.add_argument("--server-lr", type=float, default=None,
+                    help="the coordinator's step on the averaged update (default: the strategy's own)")
+    ap.add_argument("--server-momentum", type=float, default=0.0, help="fedavg/fedprox: server momentum (FedAvgM)")
     args = ap.parse_args()
     out = args.out.resolve()
     spec = yaml.safe_load(args.sites.read_text())
     names = list(spec)
     if not (out / "sites").exists():
         simulate_sites(spec, out / "sites", subjects=args.subjects)
-    tag = "" if args.strategy == "fedavg" else f"-{args.strategy}"
+    tag = "" if args.strategy == "fedavg" else f"-{args.strategy}"  # each setting its own federated run
+    tag += "" if args.server_lr is None else f"-lr{args.server_lr:g}"
+    tag += f"-m{args.server_momentum:g}" if args.server_momentum else ""
     sites = {n: Site(n, out / "sites" / n, out / f"fed-sites{tag}" / n) for n in names}
     local = args.steps // (args.rounds * len(names))
     if local < 1:
         raise SystemExit(f"--steps {args.steps}: fewer than one local step per round per site")
     cfg = FederationConfig.from_mapping({
         "rounds": args.rounds, "local_steps": local, "min_sites": len(names), "model": args.model,
-        "strategy": args.strategy, "server_lr": args.server_lr,
+        "strategy": args.strategy, "server_lr": args.server_lr, "server_momentum": args.server_momentum,
         "secagg": {"enabled": not args.no_secagg, "num_shares": len(names)},
         "train": {"micro_batch_size": args.micro_batch, "warmup_steps": max(1, args.rounds * local // 10),
                   "zero_stage": 1, "eval_windows": args.micro_batch * 4}})
@@ -277,12 +281,12 @@ def main() -> int:
         "round_seconds": [h["seconds"] for h in history], "bytes_per_round_per_site": bytes_per_round,
         "federated_wall_s": fed_wall, "central_wall_s": central_wall,
     }
-    report["strategy"] = args.strategy
+    report.update(strategy=args.strategy, server_lr=cfg.server_step, server_momentum=args.server_momentum)
     aurocs = mortality_auroc(models, sites, out, args, tag) if args.labels > 0 else None
     report["mortality_1y"] = aurocs
     results.write_text(json.dumps(report, indent=2))
     text = "\n".join([
-        f"# Federated ({args.strategy}) vs central vs site alone ({report['machine']}; {args.subjects} subjects per site)", "",
+        f"# Federated ({args.strategy}, server lr {cfg.server_step:g}, momentum {args.server_momentum:g}) vs central vs site alone ({report['machine']}; {args.subjects} subjects per site)", "",
         "Held-out loss (nats/token) on each site's held-out patients:", "", *lines, "",
         f"- federated / central loss, same compute ({args.steps} steps): {ratio:.3f} "
         f"(goal <= 1.05: {'met' if ratio <= 1.05 else 'missed'})",

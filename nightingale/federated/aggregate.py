@@ -29,8 +29,13 @@ def weighted_mean(updates: Sequence[tuple[Mapping[str, np.ndarray], float]]) -> 
 
 
 class ServerOptimizer:
-    """Turns the averaged update into the next global weights: plain addition (FedAvg, FedProx)
-    or an Adam step on it (FedAdam, with `server_lr`, `server_betas` and `server_tau`)."""
+    """Turns the averaged update into the next global weights.
+
+    FedAvg and FedProx: w + server_lr x update (plain addition at the default 1.0); with
+    `server_momentum` b > 0, a buffer m = b m + update carried across rounds and w + server_lr x m
+    (FedAvgM). FedAdam: an Adam step on the update (`server_lr`, `server_betas`, `server_tau`).
+    The buffers travel in the coordinator's round checkpoints, so a resumed run steps the same.
+    """
 
     def __init__(self, cfg: FederationConfig):
         self.cfg = cfg
@@ -38,15 +43,18 @@ class ServerOptimizer:
         self.v: Arrays = {}
 
     def step(self, weights: Mapping[str, np.ndarray], mean_update: Mapping[str, np.ndarray]) -> Arrays:
-        if self.cfg.strategy != "fedadam":
-            return {k: (np.asarray(w, np.float64) + mean_update[k]).astype(np.float32) for k, w in weights.items()}
-        b1, b2 = self.cfg.server_betas
-        out = {}
+        lr, out = self.cfg.server_step, {}
         for k, w in weights.items():
             d = np.asarray(mean_update[k], np.float64)
-            self.m[k] = b1 * self.m.get(k, np.zeros_like(d)) + (1 - b1) * d
-            self.v[k] = b2 * self.v.get(k, np.zeros_like(d)) + (1 - b2) * d * d
-            out[k] = (w + self.cfg.server_lr * self.m[k] / (np.sqrt(self.v[k]) + self.cfg.server_tau)).astype(np.float32)
+            if self.cfg.strategy == "fedadam":
+                b1, b2 = self.cfg.server_betas
+                self.m[k] = b1 * self.m.get(k, np.zeros_like(d)) + (1 - b1) * d
+                self.v[k] = b2 * self.v.get(k, np.zeros_like(d)) + (1 - b2) * d * d
+                d = self.m[k] / (np.sqrt(self.v[k]) + self.cfg.server_tau)
+            elif self.cfg.server_momentum:
+                self.m[k] = self.cfg.server_momentum * self.m.get(k, np.zeros_like(d)) + d
+                d = self.m[k]
+            out[k] = (np.asarray(w, np.float64) + lr * d).astype(np.float32)
         return out
 
     def state_arrays(self) -> Arrays:

@@ -78,6 +78,10 @@ class FederationConfig:
     strategy: fedavg (updates averaged, weighted by the tokens each site trained on), fedprox (the
         same, with mu/2 ||w - w_global||^2 in each site's loss) or fedadam (the averaged update
         drives an Adam step at the coordinator, FedOpt of Reddi et al. 2021).
+    server_lr: the coordinator's step on the averaged update; left out (null), the strategy's own:
+        1.0 for fedavg and fedprox (plain averaging), 0.01 for fedadam.
+    server_momentum: fedavg and fedprox only: > 0 keeps a momentum buffer of the averaged updates
+        across rounds and steps along it (FedAvgM, Hsu et al. 2019); 0 is plain averaging.
     suppress_below: counts under this are never sent by a site (and a site needs at least this
         many train subjects).
     round_timeout_s: how long the coordinator waits for a round's answers.
@@ -90,7 +94,8 @@ class FederationConfig:
     min_sites: int = 2
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
-    server_lr: float = 0.01
+    server_lr: float | None = None
+    server_momentum: float = 0.0
     server_betas: tuple[float, float] = (0.9, 0.99)
     server_tau: float = 1e-3
     suppress_below: int = 10
@@ -107,8 +112,12 @@ class FederationConfig:
         check_ints(self, ("seed",), "federated", low=0)
         check_choice("federated.strategy", self.strategy, STRATEGIES)
         object.__setattr__(self, "server_betas", tuple(float(b) for b in self.server_betas))
-        if self.proximal_mu < 0 or not self.server_lr > 0 or not self.round_timeout_s > 0:
+        if self.proximal_mu < 0 or not self.server_step > 0 or not self.round_timeout_s > 0:
             raise ValueError("federated.proximal_mu >= 0, server_lr > 0 and round_timeout_s > 0 are required")
+        if not 0 <= self.server_momentum < 1:
+            raise ValueError(f"federated.server_momentum: in [0, 1), got {self.server_momentum!r}")
+        if self.server_momentum and self.strategy == "fedadam":
+            raise ValueError("federated.server_momentum: fedavg and fedprox only (fedadam's is server_betas)")
         for key in ("data_dir", "run_dir", "max_steps", "export", "export_dir", "model"):
             if key in self.train:
                 raise ValueError(f"federated.train.{key}: set by the federation (sites' folders, "
@@ -117,6 +126,13 @@ class FederationConfig:
         if self.secagg.enabled and self.secagg.reconstruction_threshold > self.min_sites:
             raise ValueError(f"federated.secagg.reconstruction_threshold ({self.secagg.reconstruction_threshold}) "
                              f"above min_sites ({self.min_sites}): a round that min_sites allows could not unmask")
+
+    @property
+    def server_step(self) -> float:
+        """server_lr, or the strategy's own when it is left out."""
+        if self.server_lr is not None:
+            return float(self.server_lr)
+        return 0.01 if self.strategy == "fedadam" else 1.0
 
     @property
     def total_steps(self) -> int:

@@ -37,6 +37,29 @@ def test_fedavg_adds_the_mean_update_and_fedadam_takes_an_adam_step():
     np.testing.assert_allclose(again.step(w, d)["w"], opt.step(w, d)["w"])
 
 
+def test_a_server_step_and_momentum_carry_the_average_further_and_resume_exactly():
+    w, d = {"w": np.array([1.0, -1.0], np.float32)}, {"w": np.array([0.1, -0.2])}
+    twice = FederationConfig.from_mapping({"server_lr": 2.0})
+    np.testing.assert_allclose(ServerOptimizer(twice).step(w, d)["w"], [1.2, -1.4], rtol=1e-6)
+    cfg = FederationConfig.from_mapping({"strategy": "fedprox", "server_momentum": 0.5})
+    opt = ServerOptimizer(cfg)
+    w1 = opt.step(w, d)
+    np.testing.assert_allclose(w1["w"], [1.1, -1.2], rtol=1e-6)  # the first round: plain averaging
+    again = ServerOptimizer(cfg)
+    again.load_state_arrays(opt.state_arrays())
+    w2 = opt.step(w1, d)
+    np.testing.assert_allclose(w2["w"], [1.1 + 1.5 * 0.1, -1.2 - 1.5 * 0.2], rtol=1e-6)  # m = 0.5 d + d
+    np.testing.assert_allclose(again.step(w1, d)["w"], w2["w"])
+
+
+@pytest.mark.parametrize("bad, match", [({"server_momentum": 1.0}, "server_momentum: in"),
+                                        ({"strategy": "fedadam", "server_momentum": 0.9}, "server_betas"),
+                                        ({"server_lr": 0.0}, "server_lr > 0")])
+def test_server_settings_are_checked(bad, match):
+    with pytest.raises(ValueError, match=match):
+        FederationConfig.from_mapping(bad)
+
+
 def test_privatize_clips_to_the_norm_and_adds_the_sites_share_of_noise():
     rng = np.random.default_rng(0)
     big = {"a": np.full(1000, 1.0), "b": np.full(1000, 1.0)}
