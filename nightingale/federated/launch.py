@@ -180,14 +180,27 @@ def run_status(home: Path, run_id: int) -> str | None:
         return None
 
 
-def wait_for_run(home: Path, run_id: int, run_dir: Path, timeout: float, poll_s: float = 3.0) -> dict[str, Any]:
-    """Poll until the run ends; the coordinator's status.json, with Flower's verdict added."""
+def _coordinator_state(status_file: Path) -> str | None:
+    try:
+        return str(json.loads(status_file.read_text()).get("status"))
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for_run(home: Path, run_id: int, run_dir: Path, timeout: float, poll_s: float = 0.5,
+                 ask_every_s: float = 10.0) -> dict[str, Any]:
+    """Poll until the run ends; the coordinator's status.json, with Flower's verdict added.
+    status.json is read every `poll_s`; Flower is asked (`flwr ls`, a process of its own) every
+    `ask_every_s` (a ServerApp that died writes no status), and at every poll once the
+    coordinator says it is done or failed."""
     deadline = time.time() + timeout
-    flower = None
+    flower, asked = None, 0.0
     while time.time() < deadline:
-        flower = run_status(home, run_id)
-        if flower and flower.startswith("finished"):
-            break
+        final = _coordinator_state(Path(run_dir) / STATUS_FILE) in ("done", "failed")
+        if final or time.time() - asked >= ask_every_s:
+            flower, asked = run_status(home, run_id), time.time()
+            if flower and flower.startswith("finished"):
+                break
         time.sleep(poll_s)
     status_file = Path(run_dir) / STATUS_FILE
     status = json.loads(status_file.read_text()) if status_file.exists() else {"status": "unknown"}

@@ -34,6 +34,7 @@ from flwr.serverapp import Grid, ServerApp
 from nightingale.federated.aggregate import weighted_mean
 from nightingale.federated.config import FederationConfig
 from nightingale.federated.coordinator import Coordinator, FederationError
+from nightingale.federated.flower.grid import PromptGrid
 from nightingale.federated.flower.secagg import TolerantSecAggPlusWorkflow
 from nightingale.federated.rounds import RoundState, arrays_nbytes
 from nightingale.federated.vocabulary import spec_hash
@@ -140,6 +141,7 @@ class RoundStrategy(FedAvg):
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    grid = PromptGrid(grid)  # replies looked for every 0.5 s, not Flower's 3 s
     rc = context.run_config
     run_dir = Path(str(rc["run-dir"]))
     cfg = FederationConfig.from_mapping(json.loads(str(rc["federation"])))
