@@ -23,10 +23,10 @@ import torch
 from nightingale.atomic import atomic_dir
 from nightingale.model.build import build_model
 from nightingale.model.config import ModelConfig
+from nightingale.model.folder import CARD_JSON, CARD_MD
 from nightingale.tokenizer.vocabulary import HF_TOKENIZER_FILE, Vocabulary
 
 log = logging.getLogger(__name__)
-CARD_JSON, CARD_MD = "model_card.json", "README.md"
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nightingale.model.export import CARD_JSON
 from nightingale.tokenizer.vocabulary import HF_TOKENIZER_FILE, SPEC_FILE, Vocabulary
+
+CARD_JSON, CARD_MD = "model_card.json", "README.md"  # the model card, written by export_model
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
