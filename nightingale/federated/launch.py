@@ -31,7 +31,8 @@ from typing import Any
 from nightingale.atomic import atomic_file, write_json_atomic
 from nightingale.federated.config import FederationConfig
 from nightingale.federated.coordinator import STATUS_FILE
-from nightingale.federated.site import Site, free_port
+from nightingale.federated.site import Site
+from nightingale.ports import free_port
 
 log = logging.getLogger(__name__)
 APP_DIR = Path(__file__).resolve().parent / "flower" / "app"
@@ -195,14 +196,14 @@ def wait_for_run(home: Path, run_id: int, run_dir: Path, timeout: float, poll_s:
     coordinator says it is done or failed."""
     deadline = time.time() + timeout
     flower, asked = None, 0.0
+    status_file = Path(run_dir) / STATUS_FILE
     while time.time() < deadline:
-        final = _coordinator_state(Path(run_dir) / STATUS_FILE) in ("done", "failed")
+        final = _coordinator_state(status_file) in ("done", "failed")
         if final or time.time() - asked >= ask_every_s:
             flower, asked = run_status(home, run_id), time.time()
             if flower and flower.startswith("finished"):
                 break
         time.sleep(poll_s)
-    status_file = Path(run_dir) / STATUS_FILE
     status = json.loads(status_file.read_text()) if status_file.exists() else {"status": "unknown"}
     if not (flower and flower.startswith("finished")):
         status = {**status, "status": "timeout" if status.get("status") != "failed" else "failed"}

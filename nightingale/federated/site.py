@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from nightingale.atomic import atomic_dir
 from nightingale.federated.aggregate import privatize
 from nightingale.federated.config import FederationConfig
 from nightingale.federated.vocabulary import SiteDataError, site_sketch, spec_hash
+from nightingale.ports import free_port
 from nightingale.tokenizer import fit as fit_mod
 from nightingale.tokenizer.prepare import PrepareConfig, Preparer
 from nightingale.tokenizer.vocabulary import SPEC_FILE, Vocabulary
@@ -103,24 +102,6 @@ def prepare(site: Site, cfg: FederationConfig, spec: dict[str, Any]) -> dict[str
             Vocabulary(spec).save(tmp)
     report = site.preparer(cfg).run("all")
     return {"vocab_hash": wanted, "train_tokens": int(report["splits"].get("train", {}).get("tokens", 0))}
-
-
-_HANDED_OUT: set[int] = set()
-_PORT_LOCK = threading.Lock()
-
-
-def free_port() -> int:
-    """A TCP port on localhost that was free a moment ago and that this process has not handed out
-    before: gRPC servers bind with SO_REUSEPORT, so two federations started at once and given the
-    same port would share it, and their sites would join the wrong coordinator."""
-    with _PORT_LOCK:
-        while True:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            if port not in _HANDED_OUT:
-                _HANDED_OUT.add(port)
-                return port
 
 
 def _world_of_one() -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from nightingale.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NEVER_CODE = "ICD10//G30.9"
@@ -144,12 +145,6 @@ def train_model_dir(root: Path, steps: int, *, planted: bool = False, about: str
                  card={"data": about, "steps": steps, "losses": {"train": float(loss.detach())}})
     (model_dir / "gate_report.json").write_text(json.dumps({"passed": True, "failed": [], "checks": {}}))
     return model_dir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
