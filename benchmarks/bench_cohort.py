@@ -5,8 +5,9 @@ windows past the context until death, end of record or the token budget), stream
 shard to disk. Prints patients/s and events/s (engine start excluded), this process's peak memory
 (flat across sizes when streaming works; the engine's own process is not counted), the share of
 timelines cut by the token budget, and death prevalence against the training data. Timelines
-follow the training data's calendar (each starts on a date drawn from the training records' own
-first events and ends by their end of follow-up), so like is compared with like. With
+follow the training data's calendar (each starts on a date, at an age, drawn from the training
+records' own first events, and runs to death or their end of follow-up), so like is compared
+with like. With
 `--evidence`, the first cohort is also judged against the training and held-out data the way the
 evaluation does (fidelity, privacy, and utility: a mortality model trained on the cohort and
 tested on real held-out patients, TSTR, against one trained on real data, TRTR), and each task of
@@ -68,11 +69,13 @@ def main() -> int:
     args = ap.parse_args()
 
     real_death, real_n = death_share(args.meds, S.TRAIN)
-    starts, end = ((), None) if args.no_calendar else calendar_window(args.meds, S.TRAIN)
-    if args.start_date is not None:
-        starts = ()
-    window = {"start_date": args.start_date or CohortSpec.start_date, "start_dates": starts,
-              "end_date": args.end_date or end}
+    window = {"start_date": args.start_date or CohortSpec.start_date, "end_date": args.end_date}
+    if not args.no_calendar and args.start_date is None:  # the training data's record starts and ages at start
+        calendar = calendar_window(args.meds, S.TRAIN)
+        calendar = calendar.until(args.end_date) if args.end_date else calendar
+        window |= calendar.spec_fields() | {"follow_to_end": args.end_date is not None or calendar.observed_end}
+    elif args.end_date is None and not args.no_calendar:
+        window["end_date"] = calendar_window(args.meds, S.TRAIN).end
     results = []
 
     async def run() -> None:
@@ -95,7 +98,7 @@ def main() -> int:
                     "events_per_s": round(rep["events"] / secs), "tokens_per_s": round(rep["generated_tokens"] / secs),
                     "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                     "ended_max_tokens_share": rep["truncated_share"], "ended_death": rep.get("ended_death", 0),
-                    "ended_end_of_record": rep.get("ended_end_of_record", 0),
+                    "ended_end_date": rep.get("ended_end_date", 0), "ended_end_of_record": rep.get("ended_end_of_record", 0),
                     "windows_per_timeline": round(rep["windows"] / n, 2), "windows_max": rep["windows_max"],
                     "generated_tokens_max": rep["generated_tokens_max"], "events_per_patient": round(rep["events"] / n, 1),
                     "death_share": round(share, 4), "death_share_train": round(real_death, 4),
@@ -109,8 +112,9 @@ def main() -> int:
     asyncio.run(run())
     print(f"machine: {platform.node()}, {os.cpu_count()} cores; model {args.model}; training data {args.meds} "
           f"({real_n} train subjects, {real_death:.1%} with a death); calendar: "
-          + ("none" if not (starts or window['end_date']) else
-             f"{len(starts) or 1} start dates, end {window['end_date']}"))
+          + ("none" if not (window.get("start_dates") or window['end_date']) else
+             f"{len(window.get('start_dates', ())) or 1} start dates, end {window['end_date']}, "
+             f"followed to the end: {window.get('follow_to_end', True)}"))
     report = {"cohorts": results}
     if args.evidence:
         from nightingale.evaluation.synthetic.events import load_events

@@ -16,7 +16,7 @@ from nightingale.api import schemas as M
 from nightingale.api.auth import ApiKey, presented_key
 from nightingale.api.jobs import COHORT, cohort_work, released
 from nightingale.api.state import FieldError, ServerState
-from nightingale.inference.cohorts import CohortSpec, calendar_window, validate_spec
+from nightingale.inference.cohorts import Calendar, CohortSpec, calendar_window, validate_spec
 from nightingale.inference.forecast import (
     ForecastConfig,
     UnknownOutcomeCodes,
@@ -297,8 +297,8 @@ COHORT_DATES = (dt.datetime(1900, 1, 1), dt.datetime(2100, 1, 1))  # a timeline'
 
 
 @functools.lru_cache(maxsize=8)
-def _calendar(meds_dir: str) -> tuple[tuple[dt.datetime, ...], dt.datetime]:
-    """A registered dataset's record starts and end of follow-up (read once per server)."""
+def _calendar(meds_dir: str) -> Calendar:
+    """A registered dataset's calendar: record starts, ages at start, end of follow-up (read once per server)."""
     return calendar_window(meds_dir)
 
 
@@ -313,12 +313,13 @@ async def post_cohorts(body: M.CohortRequest, request: Request, key: GenerateKey
         raise FieldError(("age_min",), "must be below age_max")
     start = parse_time(body.start_date, "start_date") or CohortSpec.start_date
     end = parse_time(body.end_date, "end_date")
-    starts: tuple = ()
-    if body.start_date is None and st.cfg.cohort_reference:  # the reference data's own calendar
-        starts, data_end = await asyncio.to_thread(_calendar, st.cfg.datasets[st.cfg.cohort_reference])
-        end = end or data_end
-        starts = tuple(t for t in starts if t < end) or (start,)  # a record starts before the end date
-        start = starts[0]
+    calendar: dict = {}
+    if body.start_date is None and st.cfg.cohort_reference:  # the reference data's own calendar and age mix
+        data = await asyncio.to_thread(_calendar, st.cfg.datasets[st.cfg.cohort_reference])
+        # a requested end date follows everyone to it; the data's own end only where it is stated
+        data = data.until(end) if end is not None else data
+        calendar = {**data.spec_fields(), "follow_to_end": body.end_date is not None or data.observed_end}
+        end, start = data.end, data.starts[0]
     for name, t in (("start_date", start), ("end_date", end)):
         if t is not None and not COHORT_DATES[0] <= t <= COHORT_DATES[1]:
             raise FieldError((name,), f"{t.date().isoformat()} is outside {COHORT_DATES[0].date().isoformat()} "
@@ -329,7 +330,7 @@ async def post_cohorts(body: M.CohortRequest, request: Request, key: GenerateKey
         engine = st.require_engine()
         spec = CohortSpec(n_patients=body.n_patients, sex=body.sex, age_min=body.age_min, age_max=body.age_max,
                           starting_code=body.starting_code, seed=body.seed, max_new_tokens=st.cfg.cohort_max_new_tokens,
-                          start_date=start, end_date=end, start_dates=starts)
+                          start_date=start, **({"end_date": end} | calendar))
         try:
             validate_spec(engine.vocab, spec)
         except ValueError as e:

@@ -96,10 +96,11 @@ class CohortRequest(_In):
     age_max: float | None = Field(None, gt=0, le=150)
     starting_code: Code | None = None
     start_date: dt.date | dt.datetime | None = Field(
-        None, description="Date of each patient's first event (default: drawn from the reference data's own record "
-        "starts, ending by its end of follow-up, where the server has one; else 2020-01-01)")
-    end_date: dt.date | dt.datetime | None = Field(None, description="No event after this date: a timeline ends "
-                                                   "where its next event would pass it (default: the model decides)")
+        None, description="Date of each patient's first event (default: drawn, with the age band then, from the "
+        "reference data's own record starts, ending by its end of follow-up, where the server has one; else 2020-01-01)")
+    end_date: dt.date | dt.datetime | None = Field(None, description="Every living patient is followed to this date: a "
+                                                   "timeline ends at death or where its next event would pass it "
+                                                   "(default: the reference data's end of follow-up, else the model decides)")
     seed: Seed = 0
 
 

@@ -297,9 +297,9 @@ class Harness:
         held = load_events(self.meds, S.HELD_OUT)
         ecfg = SyntheticEvalConfig(seed=cfg.seed)
         with tempfile.TemporaryDirectory(dir=self.out, prefix=".cohort-") as tmp:
-            starts, end = calendar_window(self.meds.root, S.TRAIN)  # timelines follow the training data's calendar
+            calendar = calendar_window(self.meds.root, S.TRAIN)  # timelines follow the training data's calendar
             spec = CohortSpec(n_patients=cfg.patients, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
-                              start_dates=starts, end_date=end)
+                              **calendar.spec_fields())
             with self.progress.bar("synthetic cohort (model)", total=cfg.patients) as bar:
                 gen = self.loop.run_until_complete(generate_cohort(
                     self._engine(), spec, Path(tmp) / "cohort", progress=lambda d, n: bar.update(d, n)))
@@ -330,7 +330,7 @@ class Harness:
                 from nightingale.evaluation.synthetic.task_utility import task_utility
 
                 with self.progress.status(f"synthetic cohort ({name}): TSTR on {len(plain)} task(s)"):
-                    res["task_utility"] = {n: task_utility(events, self.meds, t, end) for n, t in plain.items()}
+                    res["task_utility"] = {n: task_utility(events, self.meds, t, calendar.end) for n, t in plain.items()}
             out[name] = {**extra, **res}
         self.timings["synthetic_checks_s"] = time.perf_counter() - t0
         return out

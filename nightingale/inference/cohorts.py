@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import zipfile
 from collections import Counter
@@ -40,7 +41,7 @@ from nightingale.atomic import atomic_file
 from nightingale.config import check_ints
 from nightingale.data.meds_io import MEDSDataset, MEDSWriter, observation_end
 from nightingale.inference.engine import Engine, Sampling
-from nightingale.inference.prompts import body_banned_ids, window_prompt
+from nightingale.inference.prompts import age_changes, body_banned_ids, changes_ahead, window_prompt
 from nightingale.tokenizer import families as F
 from nightingale.tokenizer.decode import decode
 
@@ -53,10 +54,15 @@ class CohortSpec:
     years [age_min, age_max) selecting age bands; starting_code: a vocabulary code placed as the
     first event; seed; max_new_tokens: the token budget of one patient's whole timeline (across
     windows); start_date of the first event, or start_dates: each patient's first event on one
-    of these, drawn per patient (`calendar_window` gives a dataset's own record starts, so a
-    cohort follows its data's calendar); end_date: no event after it (the timeline ends with
-    `[EOR]` where its next event would pass it; None: the model decides); shard_size: patients
-    per output shard; batch_size: patients sampled concurrently."""
+    of these, drawn per patient, with start_ages (years; NaN: unknown), when given, the age at
+    each start, which then sets the patient's age band (`calendar_window` gives a dataset's own
+    record starts and ages at start, so a cohort follows its data's calendar and age mix; an age
+    range draws among the starts at ages inside it); end_date: no event after it (the timeline
+    ends with `[EOR]` where its next event would pass it; None: the model decides);
+    follow_to_end: with an end date, every living patient is followed to it, as in data that
+    states its observation end: the model's own end of record is banned, so a timeline ends at
+    death or the end date (False: the model may end a record earlier, as where follow-up is lost);
+    shard_size: patients per output shard; batch_size: patients sampled concurrently."""
 
     n_patients: int
     sex: str | None = None
@@ -69,6 +75,8 @@ class CohortSpec:
     start_date: dt.datetime = dt.datetime(2020, 1, 1)
     end_date: dt.datetime | None = None
     start_dates: tuple[dt.datetime, ...] = ()
+    start_ages: tuple[float, ...] = ()
+    follow_to_end: bool = True
     shard_size: int = 1000
     batch_size: int = 64
     first_static_family: str | None = None
@@ -81,27 +89,92 @@ class CohortSpec:
         if self.end_date is not None and self.end_date <= last:
             raise ValueError(f"CohortSpec.end_date: {self.end_date.isoformat()} must be after every start date "
                              f"(the last is {last.isoformat()})")
+        if self.start_ages and len(self.start_ages) != len(self.start_dates):
+            raise ValueError(f"CohortSpec.start_ages: {len(self.start_ages)} ages for {len(self.start_dates)} "
+                             "start dates (one per start, or none)")
+
+    @functools.cached_property
+    def _eligible(self) -> np.ndarray:
+        """Indices of the starts a patient may be given: those whose age is in the age range (all
+        starts when no age is known, no range is set, or no start's age is in it)."""
+        every = np.arange(len(self.start_dates))
+        if not self.start_ages or (self.age_min is None and self.age_max is None):
+            return every
+        ages = np.asarray(self.start_ages, dtype=np.float64)
+        inside = (ages >= (-np.inf if self.age_min is None else self.age_min)) & (
+            ages < (np.inf if self.age_max is None else self.age_max))
+        return every[inside] if inside.any() else every
+
+    def _start_index(self, i: int) -> int | None:
+        if not self.start_dates:
+            return None
+        pick = self._eligible
+        return int(pick[np.random.default_rng([self.seed, i, 1]).integers(len(pick))])
 
     def patient_start(self, i: int) -> dt.datetime:
         """Patient i's first event date (the same for a given seed and i, whatever the order)."""
-        if not self.start_dates:
-            return self.start_date
-        return self.start_dates[int(np.random.default_rng([self.seed, i, 1]).integers(len(self.start_dates)))]
+        k = self._start_index(i)
+        return self.start_date if k is None else self.start_dates[k]
+
+    def patient_age(self, i: int) -> float | None:
+        """Patient i's age in years at its first event, where its start carries one (the same
+        draw as `patient_start`); None leaves the age band to the model within the age range."""
+        k = self._start_index(i)
+        if k is None or not self.start_ages or not np.isfinite(self.start_ages[k]):
+            return None
+        age = float(self.start_ages[k])
+        inside = (self.age_min is None or age >= self.age_min) and (self.age_max is None or age < self.age_max)
+        return age if inside else None
 
 
-def calendar_window(meds_dir: str | Path, split: str | None = S.TRAIN) -> tuple[tuple[dt.datetime, ...], dt.datetime]:
-    """A dataset's calendar: each subject's first event (birth aside) in `split`, and the end of
-    its follow-up (dataset.json's observation_end, else the last event); starts before the end only."""
+@dataclasses.dataclass(frozen=True)
+class Calendar:
+    """A dataset's calendar (`calendar_window`): its records' first events (birth aside), sorted,
+    the age in years at each (NaN where the record has no birth), the end of follow-up, and
+    whether that end is the dataset's stated observation end (every living subject is followed
+    to it) rather than merely its last event."""
+
+    starts: tuple[dt.datetime, ...]
+    ages: tuple[float, ...]
+    end: dt.datetime
+    observed_end: bool
+
+    def until(self, end: dt.datetime) -> Calendar:
+        """The starts before `end` (at least one: the first start, for a cohort to begin on)."""
+        keep = [k for k, t in enumerate(self.starts) if t < end] or [0]
+        return dataclasses.replace(self, starts=tuple(self.starts[k] for k in keep),
+                                   ages=tuple(self.ages[k] for k in keep), end=end)
+
+    def spec_fields(self) -> dict:
+        """The CohortSpec fields that make a cohort follow this calendar."""
+        return {"start_dates": self.starts, "start_ages": self.ages, "end_date": self.end,
+                "follow_to_end": self.observed_end}
+
+
+def calendar_window(meds_dir: str | Path, split: str | None = S.TRAIN) -> Calendar:
+    """A dataset's calendar (see `Calendar`) over the subjects of `split`: each record's first
+    event (birth aside) and the age then, and the end of follow-up (dataset.json's
+    observation_end, else the last event); starts before the end only."""
     ds = MEDSDataset(meds_dir)
-    events = ds.scan().filter(pl.col(S.TIME).is_not_null() & (pl.col(S.CODE) != S.BIRTH_CODE))
+    events = ds.scan().filter(pl.col(S.TIME).is_not_null())
     if split is not None:
         events = events.filter(pl.col(S.SUBJECT_ID).is_in(ds.subjects(split).implode()))
-    starts = events.group_by(S.SUBJECT_ID).agg(pl.col(S.TIME).min()).collect()[S.TIME].sort()
-    if not len(starts):
+    is_birth = pl.col(S.CODE) == S.BIRTH_CODE
+    first = (events.group_by(S.SUBJECT_ID)
+             .agg(pl.col(S.TIME).filter(~is_birth).min().alias("start"), pl.col(S.TIME).filter(is_birth).min().alias("birth"))
+             .filter(pl.col("start").is_not_null())
+             .select("start", ((pl.col("start") - pl.col("birth")).dt.total_seconds() / (365.25 * 86_400)).alias("age"))
+             .sort("start", "age", nulls_last=True)
+             .collect())
+    if not first.height:
         raise ValueError(f"{meds_dir}: no timed events{'' if split is None else f' in the {split} split'}")
-    end = observation_end(ds) or events.select(pl.col(S.TIME).max()).collect().item()
-    kept = tuple(t for t in starts.to_list() if t < end)  # a record that starts on the last day has no room
-    return kept or (starts[0] - dt.timedelta(days=1),), end
+    stated = observation_end(ds)
+    end = stated or events.filter(~is_birth).select(pl.col(S.TIME).max()).collect().item()
+    kept = first.filter(pl.col("start") < end)  # a record that starts on the last day has no room
+    if not kept.height:
+        return Calendar((first["start"][0] - dt.timedelta(days=1),), (float("nan"),), end, stated is not None)
+    return Calendar(tuple(kept["start"].to_list()), tuple(kept["age"].fill_null(float("nan")).to_list()), end,
+                    stated is not None)
 
 
 def allowed_age_ids(vocab, age_min: float | None, age_max: float | None) -> list[int]:
@@ -158,6 +231,8 @@ async def _prefix(engine: Engine, spec: CohortSpec, i: int) -> list[int]:
     family = sex_family(vocab, spec.first_static_family)
     first, others = _static_ids(vocab, family)
     ages = allowed_age_ids(vocab, spec.age_min, spec.age_max)
+    if (years := spec.patient_age(i)) is not None:  # the age its start had in the reference data
+        ages = [int(vocab.age_ids[int(vocab.age_band(0, int(years * 365.25 * 86_400 * 1e6)))])]
     if spec.sex is not None:
         head = [vocab.code_to_id[f"{family}{S.CODE_SEPARATOR}{spec.sex}"]]
     elif len(first):
@@ -195,12 +270,19 @@ async def _timeline(engine: Engine, spec: CohortSpec, head: list[int], i: int, s
     """Generate patient i's timeline (head: static + age + [SOT] + start) to its end: (generated
     ids, how it ended, windows used). The first window continues the head; each next one is
     `window_prompt` over everything so far, with room for half a context of new tokens. Every
-    window has its own seed, from the cohort's seed, the patient's number and the window's."""
+    window has its own seed, from the cohort's seed, the patient's number and the window's.
+    The patient's exact age at its first event is drawn within its band (uniformly: no real
+    patient's birth is copied), and the engine writes its band changes at their times
+    (age_clock.AgeClock), so the age the model reads back is its true age."""
     vocab = engine.vocab
     ctx = engine.max_model_len
     room = ctx - max(ctx // 2, 16)  # prompt tokens of a continuing window
     m = head.index(F.SOT_ID) - 1  # static tokens before the age band
     span_s = None if spec.end_date is None else (spec.end_date - start).total_seconds()
+    known = head[m] != vocab.age_unknown_id
+    years = float(vocab.age_lower_years[head[m]]) + vocab.config.age_band_years * float(
+        np.random.default_rng([spec.seed, i, 2]).random()) if known else None
+    changes = age_changes(vocab, years, span_s)
     gen: list[int] = []
     windows = 0
     while True:
@@ -209,16 +291,23 @@ async def _timeline(engine: Engine, spec: CohortSpec, head: list[int], i: int, s
         else:
             body = np.asarray(head[m + 1:] + gen, dtype=np.int64)
             prompt = window_prompt(vocab, head[:m], body, room, partial(_age_at, vocab, head[m], body))
-        horizon = None if span_s is None else span_s - float(vocab.gap_decode_s[gen].sum())
+        elapsed = float(vocab.gap_decode_s[gen].sum())
+        horizon = None if span_s is None else span_s - elapsed
         ((c, *_),) = await engine.sample([prompt], Sampling(
             n=1, max_tokens=min(spec.max_new_tokens - len(gen), ctx - len(prompt) - 1),
             temperature=spec.temperature, seed=(spec.seed * 7_919 + i) * 1_009 + windows,
-            stop_token_ids=stops, banned_token_ids=banned, horizon_s=horizon))
+            stop_token_ids=stops, banned_token_ids=banned, horizon_s=horizon,
+            age_changes=changes_ahead(vocab, changes, gen, elapsed) if known and vocab.config.age_in_timeline else None))
         new = list(c.token_ids)
         gen += new
         windows += 1
         if new and new[-1] in stops:
-            return gen, ("death" if new[-1] != F.EOR_ID else "end_of_record"), windows
+            if new[-1] != F.EOR_ID:
+                return gen, "death", windows
+            # the end date's [EOR] (horizon.HorizonStop) comes where the next gap would cross it
+            left = None if span_s is None else span_s - float(vocab.gap_decode_s[gen].sum())
+            at_end = left is not None and left < float(vocab.gap_decode_s.max())
+            return gen, "end_date" if at_end else "end_of_record", windows
         if not new or len(gen) >= spec.max_new_tokens:
             return gen, "max_tokens", windows
 
@@ -232,8 +321,8 @@ async def generate_cohort(
 ) -> dict:
     """Generate `spec.n_patients` synthetic patients into the MEDS dataset `out_dir` (atomic).
     Returns a report: patients, events, tokens, dropped tokens by reason and the dropped rate,
-    how timelines ended (`ended_death`, `ended_end_of_record` (the end date included),
-    `ended_max_tokens`), windows per timeline. `progress(done, total)` after every batch."""
+    how timelines ended (`ended_death`, `ended_end_date`, `ended_end_of_record` (the model's own
+    end, before the end date), `ended_max_tokens`), windows per timeline. `progress(done, total)` after every batch."""
     import asyncio
 
     vocab = engine.vocab
@@ -241,6 +330,8 @@ async def generate_cohort(
     death = vocab.code_to_id.get(S.DEATH_CODE)
     stops = tuple(t for t in (death, F.EOR_ID) if t is not None)
     banned = body_banned_ids(vocab)
+    if spec.end_date is not None and spec.follow_to_end:  # followed to the end date or death
+        banned = tuple(sorted({*banned, F.EOR_ID}))
     start = [vocab.code_to_id[spec.starting_code]] if spec.starting_code else []
     report: Counter = Counter()
     codes_seen: set[str] = set()

@@ -104,6 +104,9 @@ class Sampling:
     distribution). horizon_s: time-gap tokens that would carry the continuation past this many
     seconds are merged into `[EOR]` inside the engine (horizon.HorizonStop), so the caller must
     list `[EOR]` among the stop tokens: it then ends where the next event lies past the horizon.
+    age_changes: (seconds from the request's start, age-band token id) pairs in time order: the
+    engine writes each band change before the first event after its time, and no other age token
+    (age_clock.AgeClock), for callers that know the birth.
 
     Log-probabilities are those of the distribution actually sampled from: after banned and
     allowed ids, logits processors, temperature and top-p (vLLM's "processed_logprobs" mode).
@@ -120,6 +123,7 @@ class Sampling:
     logprobs: int | None = None
     tracked_ids: tuple[int, ...] = ()
     horizon_s: float | None = None
+    age_changes: tuple[tuple[float, int], ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.tracked_ids) > MAX_TRACKED_IDS:
@@ -148,12 +152,13 @@ def _vllm() -> types.SimpleNamespace:
     from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams, TokensPrompt
     from vllm.sampling_params import RequestOutputKind
 
+    from nightingale.inference.age_clock import AGE_ARG, AgeClock
     from nightingale.inference.horizon import HORIZON_ARG, HorizonStop
 
     return types.SimpleNamespace(
         AsyncEngineArgs=AsyncEngineArgs, AsyncLLMEngine=AsyncLLMEngine, SamplingParams=SamplingParams,
         TokensPrompt=TokensPrompt, RequestOutputKind=RequestOutputKind, HORIZON_ARG=HORIZON_ARG,
-        HorizonStop=HorizonStop,
+        HorizonStop=HorizonStop, AGE_ARG=AGE_ARG, AgeClock=AgeClock,
     )
 
 
@@ -231,7 +236,7 @@ class Engine:
             # Log-probabilities of the distribution sampled from (bans and top-p applied), which
             # the probability estimator of inference/forecast.py needs.
             logprobs_mode="processed_logprobs",
-            logits_processors=[vllm.HorizonStop],
+            logits_processors=[vllm.HorizonStop, vllm.AgeClock],
         )
         log.info("starting vLLM on %s (%s, %s, context %d)", model_dir, "gpu" if gpu else "cpu", dtype, max_len)
         # Engine construction blocks (process spawn + compile): keep the event loop responsive.
@@ -294,7 +299,9 @@ class Engine:
             allowed_token_ids=list(s.allowed_token_ids) if s.allowed_token_ids is not None else None,
             logprobs=s.logprobs,
             logprob_token_ids=[int(t) for t in s.tracked_ids] or None,
-            extra_args=None if s.horizon_s is None else {vllm.HORIZON_ARG: float(s.horizon_s)},
+            extra_args={**({} if s.horizon_s is None else {vllm.HORIZON_ARG: float(s.horizon_s)}),
+                        **({} if s.age_changes is None else
+                           {vllm.AGE_ARG: [[float(t), int(i)] for t, i in s.age_changes]})} or None,
             ignore_eos=True,  # stopping is ours: stop_token_ids, the horizon and max_tokens only
             detokenize=False,
             output_kind=vllm.RequestOutputKind.FINAL_ONLY,

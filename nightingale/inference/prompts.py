@@ -25,7 +25,7 @@ from nightingale import schema as S
 from nightingale.data.codes import CodePattern
 from nightingale.tokenizer import families as F
 from nightingale.tokenizer.corpus import window_room
-from nightingale.tokenizer.encode import encode_events
+from nightingale.tokenizer.encode import US_PER_YEAR, encode_events
 from nightingale.tokenizer.summary import history_summary
 from nightingale.tokenizer.vocabulary import Vocabulary
 
@@ -53,12 +53,18 @@ class Prompt:
     """Token prompt of one patient. prefix: static + age tokens + the history summary of what was
     cut (tokenizer/summary.py; none when the whole record fits); body: [SOT]? events...;
     anchor_us: time of the last encoded event (horizons count from it); codes: how the
-    patient's codes were resolved (exact/parent/unknown_family/unknown counts)."""
+    patient's codes were resolved (exact/parent/unknown_family/unknown counts); birth_us: the
+    birth time where known (continuations then get their age-band changes from the clock)."""
 
     prefix: list[int]
     body: list[int]
     anchor_us: int
     codes: Counter
+    birth_us: int | None = None
+
+    def age_years(self) -> float | None:
+        """Age at the anchor, in years (None without a birth)."""
+        return None if self.birth_us is None else (self.anchor_us - self.birth_us) / US_PER_YEAR
 
     @property
     def ids(self) -> list[int]:
@@ -133,7 +139,8 @@ def build_prompt(
     birth_us = None if birth is None else to_us(birth)
     age = vocab.age_token(birth_us, int(times[start]))
     codes = Counter({k: v for k, v in enc.report.items() if k.startswith("codes_")})
-    return Prompt(_prefix(vocab, static, age, tokens, start), [int(t) for t in tokens[start:]], int(times[-1]), codes)
+    return Prompt(_prefix(vocab, static, age, tokens, start), [int(t) for t in tokens[start:]], int(times[-1]), codes,
+                  birth_us)
 
 
 def window_prompt(vocab: Vocabulary, static: Sequence[int], body: Sequence[int], max_tokens: int,
@@ -190,6 +197,34 @@ def corpus_prompt(corpus, vocab: Vocabulary, subject_id: int, time_us: int, max_
         raise ValueError(f"subject {subject_id}: no event at or before the prediction time")
     static = [int(t) for t in corpus.static_tokens(subject_id)]
     start = _body_start(vocab, tokens, len(static), max_tokens)
-    age = corpus.age_token(vocab, corpus.row(subject_id), int(times[start]))
+    row = corpus.row(subject_id)
+    age = corpus.age_token(vocab, row, int(times[start]))
+    birth = None if corpus.birth[row] == np.iinfo(np.int64).min else int(corpus.birth[row])
     return Prompt(_prefix(vocab, static, age, tokens, start), [int(t) for t in tokens[start:]], int(times[-1]),
-                  Counter())
+                  Counter(), birth)
+
+
+def age_changes(vocab: Vocabulary, years: float | None, span_s: float | None) -> list[tuple[float, int]]:
+    """The age-band changes of a patient `years` old now: (seconds from now, band token id) for
+    each band after the current one, up to the open last band and `span_s`. Empty where the
+    vocabulary keeps no ages in timelines or the age is unknown (age_clock.AgeClock writes them)."""
+    if not vocab.config.age_in_timeline or years is None:
+        return []
+    w = vocab.config.age_band_years
+    k0 = min(int(years // w), len(vocab.age_ids) - 1)
+    out = []
+    for k in range(k0 + 1, len(vocab.age_ids)):
+        t = (k * w - years) * US_PER_YEAR / 1e6
+        if span_s is not None and t > span_s:
+            break
+        out.append((t, int(vocab.age_ids[k])))
+    return out
+
+
+def changes_ahead(vocab: Vocabulary, changes: Sequence[tuple[float, int]], generated: Sequence[int],
+                  elapsed_s: float) -> tuple[tuple[float, int], ...]:
+    """The changes of `changes` a continuation still has to write, timed from its own start: those
+    after the last band already in `generated`, less the `elapsed_s` the generated tokens took."""
+    ages = [t for t in generated if vocab.kinds[t] == F.KIND_AGE]
+    last = vocab.age_lower_years[ages[-1]] if ages else -1.0
+    return tuple((t - elapsed_s, a) for t, a in changes if vocab.age_lower_years[a] > last)

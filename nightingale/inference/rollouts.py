@@ -36,7 +36,7 @@ import numpy as np
 from nightingale import schema as S
 from nightingale.config import check_ints
 from nightingale.inference.engine import Engine, Sampling
-from nightingale.inference.prompts import Prompt, body_banned_ids
+from nightingale.inference.prompts import Prompt, age_changes, body_banned_ids, changes_ahead
 from nightingale.tokenizer import families as F
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,9 @@ async def sample_rollouts(engine: Engine, prompts: Sequence[Prompt], cfg: Rollou
     # history, so that each generates up to half a context (fewer requests, each a full prefill).
     room_next = min(room, max(engine.max_model_len // 2, 8))
     states = [_State(i, [], [], []) for i in range(len(prompts)) for _ in range(cfg.n)]
+    # where the birth is known, the engine writes the age-band changes at their times (AgeClock)
+    changes = [age_changes(vocab, p.age_years(), float(h)) for p, h in zip(prompts, horizon, strict=True)]
+    aged = [p.birth_us is not None and vocab.config.age_in_timeline for p in prompts]
 
     def params(n: int, seed: int, window: int, st: _State) -> Sampling:
         left = min(cfg.max_new_tokens - len(st.tokens), engine.max_model_len - window)
@@ -142,6 +145,7 @@ async def sample_rollouts(engine: Engine, prompts: Sequence[Prompt], cfg: Rollou
             n=n, max_tokens=max(left, 1), temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
             stop_token_ids=stops, banned_token_ids=banned, tracked_ids=cfg.tracked_ids,
             horizon_s=horizon[st.prompt] - st.clock,
+            age_changes=changes_ahead(vocab, changes[st.prompt], st.tokens, st.clock) if aged[st.prompt] else None,
         )
 
     def advance(st: _State, c) -> None:

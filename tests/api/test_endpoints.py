@@ -122,14 +122,24 @@ def test_cohort_job_lifecycle(generator, admin, forecaster, tmp_path):
     assert job["done_patients"] == 12 and job["report"]["dropped_rate"] <= 0.02
     assert forecaster.get(f"/v1/cohorts/{job['id']}").status_code == 403  # no generate scope
     assert admin.get(f"/v1/cohorts/{job['id']}").status_code == 200
-    z = generator.get(f"/v1/cohorts/{job['id']}/download", params={"format": "meds"})
+    # The release check is statistical (tests/api/test_cohort_release.py tests it on cohorts that
+    # must pass or fail); this tiny overfit test model leaks a little (attribute advantage ~0.1),
+    # so a 12-patient cohort may go either way. Either way the contract holds: released, the
+    # generate scope downloads it; not, it gets a 403 naming the check, and the admin downloads it.
+    if job["release"]["released"]:
+        downloader = generator
+    else:
+        r = generator.get(f"/v1/cohorts/{job['id']}/download", params={"format": "meds"})
+        assert r.status_code == 403 and job["release"]["reasons"][0].split(":")[0] in r.json()["detail"], r.text
+        downloader = admin
+    z = downloader.get(f"/v1/cohorts/{job['id']}/download", params={"format": "meds"})
     assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
     root = tmp_path / "cohort"
     zipfile.ZipFile(io.BytesIO(z.content)).extractall(root)
     report = validate_meds(root)
     assert report.ok, [str(e) for e in report.errors]
     assert_meds_dataset(root)  # and the `meds` package's own schemas, independently
-    c = generator.get(f"/v1/cohorts/{job['id']}/download", params={"format": "csv"})
+    c = downloader.get(f"/v1/cohorts/{job['id']}/download", params={"format": "csv"})
     assert c.status_code == 200 and c.text.startswith("subject_id,time,code,numeric_value")
     csv = pl.read_csv(io.BytesIO(c.content))
     assert csv[S.SUBJECT_ID].n_unique() == 12

@@ -36,8 +36,7 @@ def eunomia_model(eunomia_omop, tmp_path_factory):
 
 def test_a_cohort_of_an_omop_model_goes_out_as_omop_and_back(eunomia_model, tmp_path):
     model_dir, meds = eunomia_model
-    starts, end = calendar_window(meds)
-    spec = CohortSpec(n_patients=24, seed=1, batch_size=24, max_new_tokens=600, start_dates=starts, end_date=end)
+    spec = CohortSpec(n_patients=24, seed=1, batch_size=24, max_new_tokens=600, **calendar_window(meds).spec_fields())
 
     async def run():
         engine = await Engine.start(EngineConfig(model_dir=str(model_dir), max_num_seqs=64))

@@ -139,11 +139,44 @@ def test_a_cohort_timeline_goes_on_past_the_context_until_it_ends(server, engine
     rep = server.run(generate_cohort(engine, spec, tmp_path / "cohort"))
     assert validate_meds(tmp_path / "cohort").ok
     assert rep["generated_tokens_max"] > engine.max_model_len and rep["windows_max"] >= 2, rep
-    assert rep["ended_death"] + rep["ended_end_of_record"] + rep.get("ended_max_tokens", 0) == 16
+    ends = {k: rep.get(f"ended_{k}", 0) for k in ("death", "end_date", "end_of_record", "max_tokens")}
+    assert sum(ends.values()) == 16 and ends["end_of_record"] == 0, ends  # followed to death or the end date
     assert rep.get("ended_max_tokens", 0) <= 1 and rep["dropped_rate"] <= DROPPED_RATE_MAX, rep
     df = pl.read_parquet(tmp_path / "cohort" / "data")
     timed = df.filter(pl.col(S.TIME).is_not_null() & (pl.col(S.CODE) != S.BIRTH_CODE))
     assert timed[S.TIME].min() >= spec.start_date and timed[S.TIME].max() <= end
+
+
+def test_the_engine_writes_age_band_changes_at_their_times_and_no_others(server, engine, vocab):
+    """AgeClock: with the band changes given, the only age tokens are those, each written right
+    before the first event after its time (a gap past two changes writes the later band, as the
+    tokenizer does); between a change and its band token, only time passes."""
+    p = prompt(vocab)  # born 1950-05-01, last event 2021-10-27: band 70-75
+    bands = {vocab.tokens[i]: int(i) for i in vocab.age_ids}
+    times = np.array([0.3 * YEAR_S, 0.8 * YEAR_S])
+    ids_of = [bands["AGE//75-80"], bands["AGE//80-85"]]
+    death = vocab.code_to_id[S.DEATH_CODE]
+    banned = body_banned_ids(vocab) + (F.EOR_ID,)
+    (outs,) = server.run(engine.sample([p.ids], Sampling(
+        n=24, max_tokens=200, seed=4, stop_token_ids=(death, F.EOR_ID), banned_token_ids=banned,
+        horizon_s=1.5 * YEAR_S, age_changes=tuple(zip(times.tolist(), ids_of, strict=True)))))
+    lived = 0
+    for c in outs:
+        ids = np.asarray(c.token_ids)
+        clock = np.concatenate([[0.0], np.cumsum(vocab.gap_decode_s[ids])[:-1]])  # time before each token
+        is_code = vocab.kinds[ids] == F.KIND_CODE
+        # the band each event should carry: the latest change its time has passed (-1: none)
+        due = np.searchsorted(times, clock, side="right") - 1
+        written = -1
+        for pos in range(len(ids)):
+            if vocab.kinds[ids[pos]] == F.KIND_AGE:
+                assert due[pos] > written and ids[pos] == ids_of[due[pos]], vocab.to_text(ids)
+                assert is_code[pos + 1], "a band token is followed by its event"
+                written = due[pos]
+            elif is_code[pos]:
+                assert written == due[pos], f"an event at {clock[pos] / YEAR_S:.2f} y without its band"
+        lived += written == len(times) - 1
+    assert lived >= 3, "too few continuations lived past both changes to show anything"
 
 
 def test_a_window_over_a_long_timeline_is_laid_out_like_a_training_window(vocab):
