@@ -13,13 +13,19 @@ leakage guard is one filter, `time <= prediction_time`, applied before any featu
 - ``age_years`` (from MEDS_BIRTH, with ``missing//age``) and ``static//<code>``: one-hot static
   codes (rows with a null time, e.g. sex).
 
-`SupervisedBaseline` is a scikit-learn pipeline, a scaler then `LogisticRegression`. Everything is
-vectorised polars (joins and group_bys) plus numpy scatters: no per-subject Python.
+`SupervisedBaseline` is a scikit-learn pipeline, a scaler then `LogisticRegression`. Its inverse
+regularisation C is chosen among `C_GRID` by cross-validation on the training rows (folds by
+subject, so a subject's several prediction times never straddle a fold; log loss): a model
+built for the question is tuned, and a fixed C overfits the few positives of a small training
+set (a 1,000-patient synthetic cohort holds ~30 deaths within a year of its label times: C 1
+scored 0.52 AUROC where the chosen C scored 0.85). Everything is vectorised polars (joins and
+group_bys) plus numpy scatters: no per-subject Python.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +40,8 @@ from nightingale import schema as S
 log = logging.getLogger(__name__)
 
 _ROW = "_row"
+C_GRID = (0.001, 0.01, 0.1, 1.0)  # inverse regularisation strengths the baseline chooses among
+CV_FOLDS = 3
 _COL = "_col"
 US_PER_DAY = 86_400_000_000
 SCALERS = {"standard": StandardScaler, "maxabs": MaxAbsScaler}
@@ -229,6 +237,8 @@ def _age(hist: pl.DataFrame, labels: pl.DataFrame) -> np.ndarray:
 class SupervisedBaseline:
     """Scaler + logistic regression on `Featurizer` features for one task.
 
+    C: the inverse regularisation strength, or several to choose among by cross-validation
+        (`fit`'s groups keep a subject's rows in one fold); `chosen_C` is the one fitted.
     scaler: "standard" (dense features, the default) or "maxabs" (keeps zeros; for sparse use).
     threads: BLAS threads while fitting and predicting (None: the library default). One is
         fastest at this size: on a busy 2-core machine two OpenBLAS threads made lbfgs ~10x slower.
@@ -238,7 +248,7 @@ class SupervisedBaseline:
         self,
         task: str = "task",
         *,
-        C: float = 1.0,
+        C: float | Sequence[float] = 1.0,
         max_iter: int = 2000,
         scaler: str = "standard",
         class_weight: str | None = None,
@@ -246,18 +256,44 @@ class SupervisedBaseline:
     ):
         if scaler not in SCALERS:
             raise ValueError(f"scaler: {scaler!r} is not one of {sorted(SCALERS)}")
-        if C <= 0:
-            raise ValueError(f"C: must be > 0, got {C}")
+        grid = (float(C),) if np.isscalar(C) else tuple(float(c) for c in C)
+        if not grid or min(grid) <= 0:
+            raise ValueError(f"C: must be > 0 (or a non-empty list of such), got {C}")
         self.task = task
         self.threads = threads
+        self.grid = grid
+        self.chosen_C = grid[-1] if len(grid) > 1 else grid[0]
         self.pipeline = Pipeline(
             [
                 ("scale", SCALERS[scaler]()),
-                ("model", LogisticRegression(C=C, max_iter=max_iter, class_weight=class_weight)),
+                ("model", LogisticRegression(C=self.chosen_C, max_iter=max_iter, class_weight=class_weight)),
             ]
         )
 
-    def fit(self, features: np.ndarray, y) -> SupervisedBaseline:
+    def _choose(self, features: np.ndarray, y: np.ndarray, groups) -> float:
+        """The C of the grid with the least cross-validated log loss (folds by group, stratified);
+        the largest C where the labels are too few to make folds with both classes."""
+        from sklearn.base import clone
+        from sklearn.metrics import log_loss
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+        if min(y.sum(), (~y).sum(), len(np.unique(groups[y]))) < CV_FOLDS:
+            return self.grid[-1]
+        folds = [(tr, va) for tr, va in StratifiedGroupKFold(CV_FOLDS, shuffle=True, random_state=0).split(features, y, groups)
+                 if y[tr].any() and (~y[tr]).any() and y[va].any() and (~y[va]).any()]
+        if not folds:
+            return self.grid[-1]
+        loss = []
+        for c in self.grid:
+            model = clone(self.pipeline).set_params(model__C=c)
+            loss.append(np.mean([log_loss(y[va], model.fit(features[tr], y[tr]).predict_proba(features[va])[:, 1],
+                                          labels=[False, True]) for tr, va in folds]))
+        return self.grid[int(np.argmin(loss))]
+
+    def fit(self, features: np.ndarray, y, groups=None) -> SupervisedBaseline:
+        """Fit on `features`/`y`; with several C, choose one first, with `groups` (e.g. subject
+        ids) keeping related rows in one cross-validation fold."""
         y = np.asarray(y, dtype=bool)
         if len(y) != len(features):
             raise ValueError(f"task {self.task}: {len(features)} feature rows but {len(y)} labels")
@@ -269,6 +305,9 @@ class SupervisedBaseline:
                 "classes (more subjects, a longer horizon or another split)"
             )
         with threadpool_limits(self.threads):
+            if len(self.grid) > 1:
+                self.chosen_C = self._choose(features, y, groups)
+                self.pipeline.set_params(model__C=self.chosen_C)
             self.pipeline.fit(features, y)
         return self
 
@@ -286,14 +325,17 @@ def fit_and_predict(
     name: str = "task",
     top_codes: int = 512,
     top_numeric: int = 64,
-    C: float = 1.0,
+    C: float | Sequence[float] = C_GRID,
 ) -> np.ndarray:
-    """Fit features and the model on `train_labels`; P(outcome) for each row of `eval_labels`.
+    """Fit features and the model on `train_labels` (C chosen by cross-validation by subject
+    when several are given); P(outcome) for each row of `eval_labels`.
 
     Raises ValueError (naming the task `name`) when the training labels have a single class.
     """
     feat = Featurizer(top_codes=top_codes, top_numeric=top_numeric)
     model = SupervisedBaseline(name, C=C).fit(
-        feat.fit_transform(events, train_labels), train_labels[S.BOOLEAN_VALUE].to_numpy()
+        feat.fit_transform(events, train_labels), train_labels[S.BOOLEAN_VALUE].to_numpy(),
+        groups=train_labels[S.SUBJECT_ID].to_numpy(),
     )
+    log.info("baseline %s: C %s (of %s)", name, model.chosen_C, model.grid)
     return model.predict_proba(feat.transform(events, eval_labels))

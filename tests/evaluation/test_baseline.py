@@ -17,6 +17,7 @@ from nightingale import schema as S
 from nightingale.data.meds_io import MEDSDataset
 from nightingale.data.simulator import SimulatorConfig, simulate
 from nightingale.evaluation.baseline import (
+    C_GRID,
     Featurizer,
     SupervisedBaseline,
     fit_and_predict,
@@ -123,6 +124,29 @@ def test_single_class_training_labels_name_the_task():
         SupervisedBaseline("t", scaler="robust")
     with pytest.raises(RuntimeError, match="before fit"):
         Featurizer().transform(events_frame(BEFORE), LABELS)
+
+
+def test_the_regularisation_is_chosen_by_subject_folds_and_beats_a_fixed_one_on_few_positives():
+    """Few positives, many noisy features: a fixed C of 1 overfits; the C chosen by cross-validation
+    (folds by subject) is smaller and ranks new rows better. Too few positives to fold: the largest C."""
+    rng = np.random.default_rng(3)
+
+    def draw(n):
+        x = rng.normal(size=(n, 120))
+        return x, rng.random(n) < 1 / (1 + np.exp(-(2.0 * x[:, 0] - 4.5)))
+
+    x, y = draw(600)  # ~30 positives, as a 1,000-patient synthetic cohort gives for mortality_1y
+    x_test, y_test = draw(20_000)
+    groups = np.arange(600) // 3  # three prediction times per subject
+    tuned = SupervisedBaseline("t", C=C_GRID).fit(x, y, groups=groups)
+    fixed = SupervisedBaseline("t", C=1.0).fit(x, y)
+    assert tuned.chosen_C < 1.0 and fixed.chosen_C == 1.0
+    assert roc_auc_score(y_test, tuned.predict_proba(x_test)) > roc_auc_score(y_test, fixed.predict_proba(x_test))
+    two = np.zeros(600, bool)
+    two[:2] = True
+    assert SupervisedBaseline("t", C=C_GRID).fit(x, two, groups=groups).chosen_C == max(C_GRID)
+    with pytest.raises(ValueError, match="C: must be > 0"):
+        SupervisedBaseline("t", C=())
 
 
 # --- simulated data -------------------------------------------------------------------------------
