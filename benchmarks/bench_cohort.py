@@ -34,7 +34,8 @@ from pathlib import Path
 import polars as pl
 
 from nightingale import schema as S
-from nightingale.inference.cohorts import CohortSpec, calendar_window, generate_cohort
+from nightingale.inference.cohort_calendar import calendar_window
+from nightingale.inference.cohorts import CohortSpec, generate_cohort
 from nightingale.inference.engine import Engine, EngineConfig
 
 

@@ -16,7 +16,8 @@ from nightingale.api import schemas as M
 from nightingale.api.auth import ApiKey, presented_key
 from nightingale.api.jobs import COHORT, cohort_work, released
 from nightingale.api.state import FieldError, ServerState
-from nightingale.inference.cohorts import Calendar, CohortSpec, calendar_window, validate_spec
+from nightingale.inference.cohort_calendar import Calendar, calendar_window
+from nightingale.inference.cohorts import CohortSpec, validate_spec
 from nightingale.inference.forecast import (
     ForecastConfig,
     UnknownOutcomeCodes,

@@ -290,7 +290,8 @@ class Harness:
             evaluate_synthetic,
             plot_synthetic,
         )
-        from nightingale.inference.cohorts import CohortSpec, calendar_window, generate_cohort
+        from nightingale.inference.cohort_calendar import calendar_window
+        from nightingale.inference.cohorts import CohortSpec, generate_cohort
 
         t0 = time.perf_counter()
         train = load_events(self.meds, S.TRAIN)

@@ -31,6 +31,7 @@ from vllm.sampling_params import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
+from nightingale.inference.horizon import unread
 from nightingale.tokenizer import families as F
 from nightingale.tokenizer.vocabulary import SPEC_FILE, Vocabulary
 
@@ -89,14 +90,10 @@ class AgeClock(LogitsProcessor):
         process_dict_updates(self.states, batch_update, new)
         for s in self.states.values():
             if len(s.output) > s.seen:
-                new_ids = np.asarray(s.output[s.seen:], dtype=np.int64)
-                # a placeholder (-1) for a token not yet sampled: count up to it, read it next time
-                known = int(np.argmax(new_ids < 0)) if (new_ids < 0).any() else len(new_ids)
-                for t in new_ids[:known]:
+                for t in unread(s):
                     if self.is_age[t] and (k := s.due()) is not None:
                         s.next = k + 1  # the due change is written; later ones wait for the clock
                     s.elapsed_s += self.gap_s[t]
-                s.seen += known
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.states:

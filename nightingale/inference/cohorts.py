@@ -39,7 +39,7 @@ import polars as pl
 from nightingale import schema as S
 from nightingale.atomic import atomic_file
 from nightingale.config import check_ints
-from nightingale.data.meds_io import MEDSDataset, MEDSWriter, observation_end
+from nightingale.data.meds_io import MEDSDataset, MEDSWriter
 from nightingale.inference.engine import Engine, Sampling
 from nightingale.inference.prompts import age_changes, body_banned_ids, changes_ahead, window_prompt
 from nightingale.tokenizer import families as F
@@ -55,10 +55,10 @@ class CohortSpec:
     first event; seed; max_new_tokens: the token budget of one patient's whole timeline (across
     windows); start_date of the first event, or start_dates: each patient's first event on one
     of these, drawn per patient, with start_ages (years; NaN: unknown), when given, the age at
-    each start, which then sets the patient's age band (`calendar_window` gives a dataset's own
-    record starts and ages at start, so a cohort follows its data's calendar and age mix; an age
-    range draws among the starts at ages inside it); end_date: no event after it (the timeline
-    ends with `[EOR]` where its next event would pass it; None: the model decides);
+    each start, which then sets the patient's age band (cohort_calendar.calendar_window gives a
+    dataset's own record starts and ages at start, so a cohort follows its data's calendar and
+    age mix; an age range draws among the starts at ages inside it); end_date: no event after it
+    (the timeline ends with `[EOR]` where its next event would pass it; None: the model decides);
     follow_to_end: with an end date, every living patient is followed to it, as in data that
     states its observation end: the model's own end of record is banned, so a timeline ends at
     death or the end date (False: the model may end a record earlier, as where follow-up is lost);
@@ -94,21 +94,19 @@ class CohortSpec:
                              "start dates (one per start, or none)")
 
     @functools.cached_property
-    def _eligible(self) -> np.ndarray:
-        """Indices of the starts a patient may be given: those whose age is in the age range (all
-        starts when no age is known, no range is set, or no start's age is in it)."""
-        every = np.arange(len(self.start_dates))
-        if not self.start_ages or (self.age_min is None and self.age_max is None):
-            return every
-        ages = np.asarray(self.start_ages, dtype=np.float64)
-        inside = (ages >= (-np.inf if self.age_min is None else self.age_min)) & (
-            ages < (np.inf if self.age_max is None else self.age_max))
-        return every[inside] if inside.any() else every
+    def _in_range(self) -> np.ndarray:
+        """Per start: its age is known and inside [age_min, age_max) (no range: every known age)."""
+        ages = np.asarray(self.start_ages or [np.nan] * len(self.start_dates), dtype=np.float64)
+        lo = -np.inf if self.age_min is None else self.age_min
+        hi = np.inf if self.age_max is None else self.age_max
+        return np.isfinite(ages) & (ages >= lo) & (ages < hi)
 
     def _start_index(self, i: int) -> int | None:
+        """Patient i's start: drawn among the starts in the age range where any is (all otherwise)."""
         if not self.start_dates:
             return None
-        pick = self._eligible
+        ranged = self.age_min is not None or self.age_max is not None
+        pick = np.flatnonzero(self._in_range) if ranged and self._in_range.any() else np.arange(len(self.start_dates))
         return int(pick[np.random.default_rng([self.seed, i, 1]).integers(len(pick))])
 
     def patient_start(self, i: int) -> dt.datetime:
@@ -120,61 +118,7 @@ class CohortSpec:
         """Patient i's age in years at its first event, where its start carries one (the same
         draw as `patient_start`); None leaves the age band to the model within the age range."""
         k = self._start_index(i)
-        if k is None or not self.start_ages or not np.isfinite(self.start_ages[k]):
-            return None
-        age = float(self.start_ages[k])
-        inside = (self.age_min is None or age >= self.age_min) and (self.age_max is None or age < self.age_max)
-        return age if inside else None
-
-
-@dataclasses.dataclass(frozen=True)
-class Calendar:
-    """A dataset's calendar (`calendar_window`): its records' first events (birth aside), sorted,
-    the age in years at each (NaN where the record has no birth), the end of follow-up, and
-    whether that end is the dataset's stated observation end (every living subject is followed
-    to it) rather than merely its last event."""
-
-    starts: tuple[dt.datetime, ...]
-    ages: tuple[float, ...]
-    end: dt.datetime
-    observed_end: bool
-
-    def until(self, end: dt.datetime) -> Calendar:
-        """The starts before `end` (at least one: the first start, for a cohort to begin on)."""
-        keep = [k for k, t in enumerate(self.starts) if t < end] or [0]
-        return dataclasses.replace(self, starts=tuple(self.starts[k] for k in keep),
-                                   ages=tuple(self.ages[k] for k in keep), end=end)
-
-    def spec_fields(self) -> dict:
-        """The CohortSpec fields that make a cohort follow this calendar."""
-        return {"start_dates": self.starts, "start_ages": self.ages, "end_date": self.end,
-                "follow_to_end": self.observed_end}
-
-
-def calendar_window(meds_dir: str | Path, split: str | None = S.TRAIN) -> Calendar:
-    """A dataset's calendar (see `Calendar`) over the subjects of `split`: each record's first
-    event (birth aside) and the age then, and the end of follow-up (dataset.json's
-    observation_end, else the last event); starts before the end only."""
-    ds = MEDSDataset(meds_dir)
-    events = ds.scan().filter(pl.col(S.TIME).is_not_null())
-    if split is not None:
-        events = events.filter(pl.col(S.SUBJECT_ID).is_in(ds.subjects(split).implode()))
-    is_birth = pl.col(S.CODE) == S.BIRTH_CODE
-    first = (events.group_by(S.SUBJECT_ID)
-             .agg(pl.col(S.TIME).filter(~is_birth).min().alias("start"), pl.col(S.TIME).filter(is_birth).min().alias("birth"))
-             .filter(pl.col("start").is_not_null())
-             .select("start", ((pl.col("start") - pl.col("birth")).dt.total_seconds() / (365.25 * 86_400)).alias("age"))
-             .sort("start", "age", nulls_last=True)
-             .collect())
-    if not first.height:
-        raise ValueError(f"{meds_dir}: no timed events{'' if split is None else f' in the {split} split'}")
-    stated = observation_end(ds)
-    end = stated or events.filter(~is_birth).select(pl.col(S.TIME).max()).collect().item()
-    kept = first.filter(pl.col("start") < end)  # a record that starts on the last day has no room
-    if not kept.height:
-        return Calendar((first["start"][0] - dt.timedelta(days=1),), (float("nan"),), end, stated is not None)
-    return Calendar(tuple(kept["start"].to_list()), tuple(kept["age"].fill_null(float("nan")).to_list()), end,
-                    stated is not None)
+        return float(self.start_ages[k]) if k is not None and self._in_range[k] else None
 
 
 def allowed_age_ids(vocab, age_min: float | None, age_max: float | None) -> list[int]:

@@ -47,6 +47,15 @@ class _Clock:
     elapsed_s: float = 0.0
 
 
+def unread(state) -> np.ndarray:
+    """The ids a request generated since `state.seen` (its `output` is vLLM's live list), marked
+    read. A placeholder (-1) for a token not yet sampled ends them: it is read next time."""
+    new_ids = np.asarray(state.output[state.seen:], dtype=np.int64)
+    known = int(np.argmax(new_ids < 0)) if (new_ids < 0).any() else len(new_ids)
+    state.seen += known
+    return new_ids[:known]
+
+
 class HorizonStop(LogitsProcessor):
     """Merge the time gaps that would pass `extra_args[HORIZON_ARG]` seconds into `[EOR]`."""
 
@@ -75,11 +84,7 @@ class HorizonStop(LogitsProcessor):
         process_dict_updates(self.clocks, batch_update, new)
         for c in self.clocks.values():
             if len(c.output) > c.seen:
-                new_ids = np.asarray(c.output[c.seen:], dtype=np.int64)
-                # a placeholder (-1) for a token not yet sampled: count up to it, read it next time
-                known = int(np.argmax(new_ids < 0)) if (new_ids < 0).any() else len(new_ids)
-                c.elapsed_s += float(self.gap_s[new_ids[:known]].sum())
-                c.seen += known
+                c.elapsed_s += float(self.gap_s[unread(c)].sum())
 
     def _gaps(self, width: int, device: torch.device) -> torch.Tensor:
         if self._gap_row is None or self._gap_row.shape[0] != width:

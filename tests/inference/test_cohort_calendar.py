@@ -11,7 +11,8 @@ import pytest
 from nightingale import schema as S
 from nightingale.data.meds_io import MEDSDataset
 from nightingale.data.simulator import SimulatorConfig, simulate
-from nightingale.inference.cohorts import CohortSpec, calendar_window
+from nightingale.inference.cohort_calendar import calendar_window
+from nightingale.inference.cohorts import CohortSpec
 
 
 def test_the_calendar_is_the_datas_own_record_starts_ages_and_follow_up(tmp_path):

@@ -17,7 +17,8 @@ from nightingale import schema as S
 from nightingale.data.omop.convert import OMOPImportConfig, convert_omop
 from nightingale.data.omop.export import export_omop
 from nightingale.data.validate import validate_meds
-from nightingale.inference.cohorts import CohortSpec, calendar_window, generate_cohort
+from nightingale.inference.cohort_calendar import calendar_window
+from nightingale.inference.cohorts import CohortSpec, generate_cohort
 from nightingale.inference.engine import Engine, EngineConfig
 from tests.inference import harness
 from tests.meds_check import assert_meds_dataset
