@@ -137,7 +137,7 @@ def test_oracle_ranks_at_least_as_well_as_the_supervised_baseline(cohort, codes,
     assert y.sum() >= 100, "too few outcomes to compare rankings"
     baseline = fit_and_predict(events, train, test)
     oracle = oracle_risk(out, test[S.SUBJECT_ID].to_numpy(), test[S.PREDICTION_TIME].to_numpy(), outcome,
-                         n_samples=100, seed=1)
+                         n_samples=400, seed=1)  # at 100, MC ties and noise cost the oracle 0.02 AUROC
     assert roc_auc_score(y, oracle) >= roc_auc_score(y, baseline), (roc_auc_score(y, oracle), roc_auc_score(y, baseline))
 
 
