@@ -24,7 +24,7 @@ import polars as pl
 from nightingale import schema as S
 from nightingale.data.codes import CodePattern
 from nightingale.tokenizer import families as F
-from nightingale.tokenizer.corpus import window_room
+from nightingale.tokenizer.corpus import IndexedTokens, window_room
 from nightingale.tokenizer.encode import US_PER_YEAR, encode_events
 from nightingale.tokenizer.summary import history_summary
 from nightingale.tokenizer.vocabulary import Vocabulary
@@ -182,8 +182,8 @@ def as_events(rows: Iterable[Mapping]) -> list[Event]:
     return [Event(r["time"], r["code"], r.get("numeric_value")) for r in rows]
 
 
-def corpus_prompt(corpus, vocab: Vocabulary, subject_id: int, time_us: int, max_tokens: int) -> Prompt:
-    """The Prompt of a subject of a token corpus (tokenizer.corpus.TokenCorpus) at `time_us`: the
+def corpus_prompt(corpus: IndexedTokens, vocab: Vocabulary, subject_id: int, time_us: int, max_tokens: int) -> Prompt:
+    """The Prompt of a subject of a token corpus (a TokenCorpus, or encoded events in memory) at `time_us`: the
     tokens known then (corpus.token_position), laid out like `build_prompt`'s (static, age band at
     the first kept body token, body without [EOR], cut to the most recent tokens at an event).
     Evaluation uses it on held-out subjects, so it runs the same rollouts as the API without
@@ -199,9 +199,8 @@ def corpus_prompt(corpus, vocab: Vocabulary, subject_id: int, time_us: int, max_
     start = _body_start(vocab, tokens, len(static), max_tokens)
     row = corpus.row(subject_id)
     age = corpus.age_token(vocab, row, int(times[start]))
-    birth = None if corpus.birth[row] == np.iinfo(np.int64).min else int(corpus.birth[row])
     return Prompt(_prefix(vocab, static, age, tokens, start), [int(t) for t in tokens[start:]], int(times[-1]),
-                  Counter(), birth)
+                  Counter(), corpus.birth_us(row))
 
 
 def age_changes(vocab: Vocabulary, years: float | None, span_s: float | None) -> list[tuple[float, int]]:

@@ -119,37 +119,29 @@ def _append_file(src: Path, dst: BinaryIO) -> None:
             shutil.copyfileobj(f, dst, length=16 << 20)
 
 
-class TokenCorpus:
-    """One split of a corpus, memory-mapped (read-only)."""
+NO_BIRTH = np.iinfo(np.int64).min  # birth_time of a subject without MEDS_BIRTH, in the index arrays
 
-    def __init__(self, directory: str | Path):
-        self.dir = Path(directory)
-        self.meta = json.loads((self.dir / META).read_text())
-        dtype = np.dtype(self.meta["token_dtype"])
-        self.tokens = self._map(TOKENS, dtype, self.meta["n_tokens"])
-        self.times = self._map(TIMES, np.int64, self.meta["n_tokens"])
-        self.static = self._map(STATIC, dtype, self.meta["n_static"])
-        self.index = pl.read_parquet(self.dir / INDEX)
-        ix = self.index
-        self.subject_ids = ix[S.SUBJECT_ID].to_numpy()
-        self.offsets = ix["offset"].to_numpy()
-        self.lengths = ix["length"].to_numpy()
-        self.static_offsets = ix["static_offset"].to_numpy()
-        self.static_lengths = ix["static_length"].to_numpy()
-        self.birth = ix["birth_time"].fill_null(np.iinfo(np.int64).min).to_numpy()
+
+class IndexedTokens:
+    """Subjects' tokens found through an encoded index (`INDEX_SCHEMA`): the reads a prompt needs,
+    whether the arrays are memory-mapped files (`TokenCorpus`) or an in-memory `Encoded`."""
+
+    def __init__(self, index: pl.DataFrame, tokens: np.ndarray, times: np.ndarray, static: np.ndarray, where: str):
+        self.index, self.tokens, self.times, self.static, self.where = index, tokens, times, static, where
+        self.subject_ids = index[S.SUBJECT_ID].to_numpy()
+        self.offsets = index["offset"].to_numpy()
+        self.lengths = index["length"].to_numpy()
+        self.static_offsets = index["static_offset"].to_numpy()
+        self.static_lengths = index["static_length"].to_numpy()
+        self.birth = index["birth_time"].fill_null(NO_BIRTH).to_numpy()
         self._row = {int(s): i for i, s in enumerate(self.subject_ids)}
-
-    def _map(self, name: str, dtype, n: int) -> np.ndarray:
-        if n == 0:
-            return np.zeros(0, dtype)
-        return np.memmap(self.dir / name, dtype=dtype, mode="r", shape=(n,))
 
     def __len__(self) -> int:
         return len(self.subject_ids)
 
     def row(self, subject_id: int) -> int:
         if int(subject_id) not in self._row:
-            raise KeyError(f"subject {subject_id} is not in corpus {self.dir}")
+            raise KeyError(f"subject {subject_id} is not in corpus {self.where}")
         return self._row[int(subject_id)]
 
     def subject_tokens(self, subject_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +154,31 @@ class TokenCorpus:
         r = self.row(subject_id)
         return np.asarray(self.static[self.static_offsets[r] : self.static_offsets[r] + self.static_lengths[r]])
 
+    def birth_us(self, row: int) -> int | None:
+        """Birth time (microseconds) of a subject (index row); None without a MEDS_BIRTH."""
+        return None if self.birth[row] == NO_BIRTH else int(self.birth[row])
+
+    def age_token(self, vocab: Vocabulary, row: int, time_us: int) -> int:
+        """Age-band token of a subject (index row) at a time; AGE//UNK without a birth time."""
+        return vocab.age_token(self.birth_us(row), time_us)
+
+
+class TokenCorpus(IndexedTokens):
+    """One split of a corpus, memory-mapped (read-only)."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.meta = json.loads((self.dir / META).read_text())
+        dtype = np.dtype(self.meta["token_dtype"])
+        super().__init__(pl.read_parquet(self.dir / INDEX), self._map(TOKENS, dtype, self.meta["n_tokens"]),
+                         self._map(TIMES, np.int64, self.meta["n_tokens"]),
+                         self._map(STATIC, dtype, self.meta["n_static"]), str(self.dir))
+
+    def _map(self, name: str, dtype, n: int) -> np.ndarray:
+        if n == 0:
+            return np.zeros(0, dtype)
+        return np.memmap(self.dir / name, dtype=dtype, mode="r", shape=(n,))
+
     def token_position(self, subject_id: int, prediction_time: int | np.datetime64) -> int:
         """Number of body tokens known at `prediction_time` (microseconds or datetime64): the
         tokens whose time is <= it. Feed ``body[:position]`` to predict what follows."""
@@ -170,11 +187,6 @@ class TokenCorpus:
             t = int(t.astype("datetime64[us]").astype(np.int64))
         _, times = self.subject_tokens(subject_id)
         return int(np.searchsorted(times, int(t), side="right"))
-
-    def age_token(self, vocab: Vocabulary, row: int, time_us: int) -> int:
-        """Age-band token of a subject (index row) at a time; AGE//UNK without a birth time."""
-        birth = None if self.birth[row] == np.iinfo(np.int64).min else int(self.birth[row])
-        return vocab.age_token(birth, time_us)
 
     def window(self, vocab: Vocabulary, row: int, start: int, context_length: int) -> np.ndarray:
         """Static tokens + age at the window's first token + the history summary of body[:start]

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
 from nightingale import schema as S
 from nightingale.tokenizer import families as F
-from nightingale.tokenizer.corpus import CorpusWriter, TokenCorpus, WindowSampler, merge_split
+from nightingale.tokenizer.corpus import (
+    CorpusWriter,
+    IndexedTokens,
+    TokenCorpus,
+    WindowSampler,
+    merge_split,
+)
 from nightingale.tokenizer.encode import encode_events
 from nightingale.tokenizer.summary import history_summary
 from nightingale.tokenizer.vocabulary import Vocabulary
@@ -96,3 +103,28 @@ def test_token_position(corpus):
     assert times[pos - 1] <= t and (pos == len(times) or times[pos] > t)
     assert corpus.token_position(11, int(times[0]) - 1) == 0
     assert corpus.token_position(11, np.datetime64(int(times[-1]), "us")) == len(times)
+
+
+def test_memory_and_disk_read_alike_and_a_missing_birth_is_unknown(tiny_vocab, tmp_path):
+    """IndexedTokens over an in-memory Encoded (population forecasts) reads what the memory-mapped
+    corpus reads; a subject without MEDS_BIRTH has no birth time and the AGE//UNK band."""
+    events = make_events(3, seed=9, start_id=1)
+    events = events.filter(~((pl.col(S.SUBJECT_ID) == 2) & (pl.col(S.CODE) == S.BIRTH_CODE)))
+    enc = encode_events(tiny_vocab, events)
+    w = CorpusWriter(tmp_path / "part", tiny_vocab.token_dtype)
+    w.append(enc)
+    w.close()
+    merge_split([tmp_path / "part"], tmp_path / "train")
+    disk, memory = TokenCorpus(tmp_path / "train"), IndexedTokens(enc.index, enc.tokens, enc.times, enc.static, "memory")
+    t = int(events[S.TIME].drop_nulls().max().timestamp() * 1e6)
+    for s in (1, 2, 3):
+        for a, b in zip(disk.subject_tokens(s), memory.subject_tokens(s)):
+            assert a.tolist() == b.tolist()
+        assert disk.static_tokens(s).tolist() == memory.static_tokens(s).tolist()
+        assert disk.birth_us(disk.row(s)) == memory.birth_us(memory.row(s))
+    assert disk.birth_us(disk.row(2)) is None
+    assert disk.age_token(tiny_vocab, disk.row(2), t) == tiny_vocab.token_to_id[F.AGE_UNKNOWN]
+    born = disk.birth_us(disk.row(1))
+    assert isinstance(born, int) and disk.age_token(tiny_vocab, disk.row(1), t) == tiny_vocab.age_token(born, t)
+    with pytest.raises(KeyError, match="subject 99 is not in corpus memory"):
+        memory.row(99)

@@ -23,6 +23,7 @@ from nightingale import schema as S
 from nightingale.data.codes import match_codes
 from nightingale.inference.population.config import AGE_BAND, SEX, PopulationConfig
 from nightingale.inference.prompts import Prompt, corpus_prompt
+from nightingale.tokenizer.corpus import IndexedTokens
 from nightingale.tokenizer.encode import Encoded, encode_events
 from nightingale.tokenizer.vocabulary import Vocabulary
 
@@ -42,32 +43,11 @@ def group_source(group: str) -> tuple[str, str]:
     return "family", group
 
 
-class EncodedCorpus:
-    """The few `TokenCorpus` reads `corpus_prompt` makes, over an in-memory `Encoded`."""
+class EncodedCorpus(IndexedTokens):
+    """Encoded events in memory, read the way `corpus_prompt` reads a `TokenCorpus`."""
 
     def __init__(self, enc: Encoded):
-        ix = enc.index
-        self.enc = enc
-        self._row = {int(s): i for i, s in enumerate(ix[S.SUBJECT_ID].to_numpy())}
-        self.offsets, self.lengths = ix["offset"].to_numpy(), ix["length"].to_numpy()
-        self.static_offsets, self.static_lengths = ix["static_offset"].to_numpy(), ix["static_length"].to_numpy()
-        self.birth = ix["birth_time"].fill_null(np.iinfo(np.int64).min).to_numpy()
-
-    def row(self, subject_id: int) -> int:
-        return self._row[int(subject_id)]
-
-    def subject_tokens(self, subject_id: int) -> tuple[np.ndarray, np.ndarray]:
-        r = self.row(subject_id)
-        sl = slice(self.offsets[r], self.offsets[r] + self.lengths[r])
-        return self.enc.tokens[sl], self.enc.times[sl]
-
-    def static_tokens(self, subject_id: int) -> np.ndarray:
-        r = self.row(subject_id)
-        return self.enc.static[self.static_offsets[r] : self.static_offsets[r] + self.static_lengths[r]]
-
-    def age_token(self, vocab: Vocabulary, row: int, time_us: int) -> int:
-        birth = None if self.birth[row] == np.iinfo(np.int64).min else int(self.birth[row])
-        return vocab.age_token(birth, time_us)
+        super().__init__(enc.index, enc.tokens, enc.times, enc.static, "(encoded in memory)")
 
 
 @dataclasses.dataclass
