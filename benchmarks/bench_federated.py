@@ -3,7 +3,9 @@
 Three arms, one vocabulary (the federation's), the same model preset and optimizer settings:
   federated  `rounds` rounds over all sites (real SuperLink, SuperNodes, SecAgg+ unless
              --no-secagg); each site trains steps / (rounds x sites) local steps a round, so the
-             federation does `steps` optimizer steps in all
+             federation does `steps` optimizer steps in all (--site-batch b: b rows a local step,
+             and as many more local steps as keep the rows the federation trains on equal to
+             central training's, e.g. central's batch split across the sites)
   central    the sites' records pooled in one place, `steps` steps: the same compute in all
   central equal-steps   the same, steps / sites steps: as many sequential optimizer steps as each
              site takes (the same wall-clock time, with every site training at once on its own GPU)
@@ -209,7 +211,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps of central training (the budget)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--model", default="tiny")
-    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--micro-batch", type=int, default=8, help="rows per optimizer step of central training")
+    ap.add_argument("--site-batch", type=int, default=None,
+                    help="rows per local step at a site (default: --micro-batch); the sites' local steps are "
+                         "set so that the federation computes as many rows as central training")
     ap.add_argument("--eval-windows", type=int, default=256)
     ap.add_argument("--labels", type=int, default=600, help="mortality_1y held-out labels per site (0: no AUROC)")
     ap.add_argument("--rollouts", type=int, default=4, help="rollouts per mortality_1y label")
@@ -227,15 +232,17 @@ def main() -> int:
     tag = "" if args.strategy == "fedavg" else f"-{args.strategy}"  # each setting its own federated run
     tag += "" if args.server_lr is None else f"-lr{args.server_lr:g}"
     tag += f"-m{args.server_momentum:g}" if args.server_momentum else ""
+    site_batch = args.site_batch or args.micro_batch
+    tag += "" if site_batch == args.micro_batch else f"-b{site_batch}"
     sites = {n: Site(n, out / "sites" / n, out / f"fed-sites{tag}" / n) for n in names}
-    local = args.steps // (args.rounds * len(names))
+    local = args.steps * args.micro_batch // (args.rounds * len(names) * site_batch)
     if local < 1:
         raise SystemExit(f"--steps {args.steps}: fewer than one local step per round per site")
     cfg = FederationConfig.from_mapping({
         "rounds": args.rounds, "local_steps": local, "min_sites": len(names), "model": args.model,
         "strategy": args.strategy, "server_lr": args.server_lr, "server_momentum": args.server_momentum,
         "secagg": {"enabled": not args.no_secagg, "num_shares": len(names)},
-        "train": {"micro_batch_size": args.micro_batch, "warmup_steps": max(1, args.rounds * local // 10),
+        "train": {"micro_batch_size": site_batch, "warmup_steps": max(1, args.rounds * local // 10),
                   "zero_stage": 1, "eval_windows": args.micro_batch * 4}})
     fed_dir = out / f"federated{tag}"
     results = out / f"results{tag}.json"
