@@ -224,7 +224,8 @@ class Harness:
             entry["model"].update(estimator=r.estimator, rollouts=zcfg.rollouts,
                                   truncated_rollout_share=float(r.truncated.mean()))
             if min(int(y.sum()), int(len(y) - y.sum())) >= tcfg.min_class:
-                entry["gate_metrics"] = {k: entry["model"].get(k) for k in ("auroc", "auprc", "brier", "brier_skill", "ece")}
+                entry["gate_metrics"] = {k: entry["model"].get(k) for k in
+                                         ("auroc", "auprc", "brier", "brier_skill", "ece", "expected_over_observed")}
             else:
                 entry["gate_note"] = f"fewer than {tcfg.min_class} positive or negative labels: not gated"
             entry["auroc_by_rollouts"] = {e: auroc_by_rollouts(y, v, ROLLOUT_COUNTS) for e, v in r.values.items()}

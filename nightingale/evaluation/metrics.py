@@ -160,14 +160,29 @@ def brier_skill(y_true, y_prob) -> float:
     return 1.0 - brier_score(y, p) / (q * (1.0 - q))
 
 
+def expected_over_observed(y_true, y_prob) -> float:
+    """Calibration in the large: the events the predictions expect (the sum of the risks) over
+    the events that happened; 1 when as many are predicted as happened, 0.5 when half as many
+    (NaN without an event). ECE cannot show this for a rare outcome: predicting 3% where 9%
+    happen is an ECE of only 0.06, and an expected/observed of 0.33.
+
+    >>> expected_over_observed([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    0.825
+    """
+    y, p = check_binary(y_true, y_prob)
+    return float(p.sum() / y.sum()) if y.sum() else math.nan
+
+
 def binary_metrics(y_true, y_prob) -> dict:
-    """n, positives, prevalence, auroc, auprc, brier, brier_skill (against the prevalence) and
-    ece (10 uniform bins) of one task."""
+    """n, positives, prevalence, mean_predicted, expected_over_observed, auroc, auprc, brier,
+    brier_skill (against the prevalence) and ece (10 uniform bins) of one task."""
     y, p = check_binary(y_true, y_prob)
     return {
         "n": len(y),
         "positives": int(y.sum()),
         "prevalence": float(y.mean()),
+        "mean_predicted": float(p.mean()),
+        "expected_over_observed": expected_over_observed(y, p),
         "auroc": auroc(y, p),
         "auprc": auprc(y, p),
         "brier": brier_score(y, p),
@@ -233,9 +248,15 @@ def _ece_w(w, y, p) -> np.ndarray:
     return np.abs(w @ (onehot * (p - y)[:, None])).sum(1) / len(p)
 
 
+def _eo_w(w, y, p) -> np.ndarray:
+    events = w @ y
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(events > 0, (w @ p) / events, np.nan)
+
+
 # Metrics with a vectorised resample form; they give the same numbers as the plain call.
 _VECTORISED = {auroc: _auroc_w, auprc: _auprc_w, brier_score: _brier_w,
-               expected_calibration_error: _ece_w}
+               expected_calibration_error: _ece_w, expected_over_observed: _eo_w}
 
 
 def _replicates(y: np.ndarray, p: np.ndarray, metric: Metric, n_boot: int, seed: int,
@@ -289,8 +310,8 @@ def bootstrap_ci(y_true, y_prob, metric: Metric, n_boot: int = 1000, alpha: floa
     subject) or, with `groups` (a subject id per row), whole subjects with replacement, so that
     several prediction times of one subject do not pass for independent evidence. Resamples
     where the metric is NaN (one class) are dropped; when fewer than half remain the interval is
-    (nan, nan). This module's auroc, auprc, brier_score and expected_calibration_error (default
-    bins) run vectorised; any other callable runs per resample.
+    (nan, nan). This module's auroc, auprc, brier_score, expected_calibration_error (default
+    bins) and expected_over_observed run vectorised; any other callable runs per resample.
     """
     _check_boot(n_boot, alpha)
     y, p = check_binary(y_true, y_prob)
@@ -299,14 +320,15 @@ def bootstrap_ci(y_true, y_prob, metric: Metric, n_boot: int = 1000, alpha: floa
 
 def bootstrap_metrics(y_true, y_prob, n_boot: int = 1000, alpha: float = 0.05,
                       seed: int = 0, groups=None) -> dict[str, dict[str, float]]:
-    """{metric: {"value", "low", "high"}} for auroc, auprc, brier and ece, every metric computed
-    on the same resamples (of subjects where `groups` is given, see `bootstrap_ci`)."""
+    """{metric: {"value", "low", "high"}} for auroc, auprc, brier, ece and expected_over_observed,
+    every metric computed on the same resamples (of subjects where `groups` is given, see
+    `bootstrap_ci`)."""
     _check_boot(n_boot, alpha)
     y, p = check_binary(y_true, y_prob)
     g = _check_groups(groups, len(y))
     out = {}
     for name, fn in (("auroc", auroc), ("auprc", auprc), ("brier", brier_score),
-                     ("ece", expected_calibration_error)):
+                     ("ece", expected_calibration_error), ("expected_over_observed", expected_over_observed)):
         low, high = _percentiles(_replicates(y, p, fn, n_boot, seed, g), alpha)
         out[name] = {"value": fn(y, p), "low": low, "high": high}
     return out

@@ -92,14 +92,16 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines.append("")
     if (tasks := report.get("tasks")):
         lines += ["## Zero-shot tasks (held-out; 95% bootstrap intervals)", "",
-                  "| task | labels scored (positive) | predictor | AUROC | AUPRC | Brier | Brier skill | ECE |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| task | labels scored (positive) | predictor | AUROC | AUPRC | Brier | Brier skill | ECE "
+                  "| expected / observed events |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, t in tasks.items():
             for k in PREDICTORS:
                 m = t.get(k)
                 if m:  # the rows this predictor was scored on (a sample of the labels kept)
                     lines.append(f"| {name} | {m.get('n')} ({m.get('positives')}) | {k} | {_ci(m, 'auroc')} | "
-                                 f"{_ci(m, 'auprc')} | {_ci(m, 'brier')} | {_ci(m, 'brier_skill')} | {_ci(m, 'ece')} |")
+                                 f"{_ci(m, 'auprc')} | {_ci(m, 'brier')} | {_ci(m, 'brier_skill')} | {_ci(m, 'ece')} "
+                                 f"| {_ci(m, 'expected_over_observed')} |")
         lines.append("")
         for name, t in tasks.items():
             if t["labels"].get("rule"):  # ACES and label-file tasks say where their labels came from

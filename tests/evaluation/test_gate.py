@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from nightingale.evaluation import metrics as M
 from nightingale.evaluation.gate import Check, apply_gate, load_gate, parse_checks
 from nightingale.evaluation.report import gate_file, markdown, write_gate
 from nightingale.inference.gate import GateError, check_gate
@@ -104,6 +106,24 @@ def test_the_default_gate_fails_a_model_that_loses_to_the_baseline_and_says_so()
     assert g["failed"] == ["task_brier_skill"] and "> 0" in g["checks"]["task_brier_skill"]["why"]
     # A gated task without a baseline cannot pass the comparison.
     assert apply_gate(report(math.nan, 0.05), checks)["failed"] == ["task_vs_baseline"]
+
+
+def test_the_default_gate_fails_a_model_that_predicts_too_few_or_too_many_events():
+    """A rare outcome predicted at a third of its rate passes the ECE check (0.06) but not the
+    calibration in the large: expected / observed events within a factor of 1.5."""
+    (check,) = [c for c in load_gate(REPO / "configs" / "eval" / "gates" / "default.yaml")
+                if c.name == "task_calibration_in_the_large"]
+    (ece,) = [c for c in load_gate(REPO / "configs" / "eval" / "gates" / "default.yaml") if c.name == "task_calibration"]
+    y = np.r_[np.ones(9), np.zeros(91)]
+    under = np.full(100, 0.03)  # 3 events expected, 9 happened
+    metrics = {"expected_over_observed": M.expected_over_observed(y, under), "ece": M.expected_calibration_error(y, under)}
+    g = apply_gate({"tasks": {"readmission": {"gate_metrics": metrics}}}, [check, ece])
+    assert g["failed"] == ["task_calibration_in_the_large"]
+    assert "expected_over_observed outside >= 0.67 and <= 1.5" in g["checks"]["task_calibration_in_the_large"]["why"]
+    for share, passed in ((0.09, True), (0.12, True), (0.15, False)):
+        ok = apply_gate({"tasks": {"t": {"gate_metrics": {"expected_over_observed":
+                                                           M.expected_over_observed(y, np.full(100, share))}}}}, [check])
+        assert ok["passed"] is passed, share
 
 
 def test_strict_bounds():

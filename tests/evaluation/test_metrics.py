@@ -43,6 +43,17 @@ def test_binary_metrics_hand_case():
     assert m["brier"] == pytest.approx((0.1**2 + 0.4**2 + 0.65**2 + 0.2**2) / 4)  # 0.158125
     # 10 bins: every prediction alone in its bin, so ECE = mean |p - y|
     assert m["ece"] == pytest.approx((0.1 + 0.4 + 0.65 + 0.2) / 4)
+    # calibration in the large: 1.65 events expected, 2 happened
+    assert m["mean_predicted"] == pytest.approx(1.65 / 4)
+    assert m["expected_over_observed"] == pytest.approx(1.65 / 2)
+
+
+def test_expected_over_observed_sees_what_ece_misses():
+    """A rare outcome predicted at a third of its rate: ECE is small, expected / observed is not."""
+    y = np.r_[np.ones(9), np.zeros(91)]
+    assert M.expected_calibration_error(y, np.full(100, 0.03)) == pytest.approx(0.06)
+    assert M.expected_over_observed(y, np.full(100, 0.03)) == pytest.approx(1 / 3)
+    assert M.expected_over_observed(y, np.full(100, 0.09)) == pytest.approx(1.0)
 
 
 def test_ece_hand_cases():
@@ -127,6 +138,8 @@ def test_one_class_gives_nan_not_an_error(label):
     m = M.binary_metrics([label] * 5, [0.1, 0.2, 0.3, 0.4, 0.5])
     assert math.isnan(m["auroc"]) and math.isnan(m["auprc"])
     assert m["prevalence"] == label and not math.isnan(m["brier"]) and not math.isnan(m["ece"])
+    # no event: nothing to compare the expected events with
+    assert math.isnan(m["expected_over_observed"]) == (label == 0)
 
 
 @pytest.mark.parametrize(
@@ -189,7 +202,8 @@ def test_bootstrap_is_reproducible_for_a_seed():
     assert a != M.bootstrap_ci(y, p, M.auroc, n_boot=200, seed=8)
 
 
-@pytest.mark.parametrize("metric", [M.auroc, M.auprc, M.brier_score, M.expected_calibration_error])
+@pytest.mark.parametrize("metric", [M.auroc, M.auprc, M.brier_score, M.expected_calibration_error,
+                                    M.expected_over_observed])
 def test_vectorised_bootstrap_equals_the_plain_metric(metric):
     # a lambda is not in the vectorised table, so it runs metric() per resample on the same draws
     y, p = _random(150, seed=8, decimals=1)  # ties, and bins with p on their edges
@@ -223,7 +237,7 @@ def test_bootstrap_metrics_shape_values_and_speed():
     out = M.bootstrap_metrics(y, p, n_boot=1000, seed=0)
     elapsed = time.perf_counter() - start
     point = M.binary_metrics(y, p)
-    assert set(out) == {"auroc", "auprc", "brier", "ece"}
+    assert set(out) == {"auroc", "auprc", "brier", "ece", "expected_over_observed"}
     for name, ci in out.items():
         assert ci["value"] == point[name]
         assert ci["low"] <= ci["high"]
